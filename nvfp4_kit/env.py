@@ -1,0 +1,90 @@
+"""Every environment variable nvfp4_kit reads, in one place.
+
+Each getter reads the environment at call time, so tests can monkeypatch it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "cache_dir",
+    "gemm_backend",
+    "gemm_mode",
+    "quant_backend",
+    "disable_disk_cache",
+    "log_level",
+    "kit_enabled_for_vllm",
+    "kit_enabled_for_sglang",
+    "cute_dsl_arch",
+    "flashinfer_numerics_env",
+]
+
+
+def _get(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _flag(name: str) -> bool:
+    value = (_get(name, "0") or "0").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r}: expected one of 1/0/true/false/yes/no/on/off")
+
+
+def cache_dir() -> Path:
+    """NVFP4_KIT_CACHE_DIR: tuning tables (tuning/) and compiled kernels (kernels/)."""
+    default = Path(_get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "nvfp4_kit"
+    return Path(_get("NVFP4_KIT_CACHE_DIR", str(default))).expanduser()
+
+
+def gemm_backend() -> str:
+    """NVFP4_KIT_GEMM_BACKEND: force a GEMM backend by any of its names ("auto" lets the selector pick)."""
+    return _get("NVFP4_KIT_GEMM_BACKEND", "auto")
+
+
+def gemm_mode() -> str:
+    """NVFP4_KIT_MODE: "w4a16" (default on SM90) or "w4a4" (Blackwell-numerics emulation)."""
+    return _get("NVFP4_KIT_MODE", "w4a16").lower()
+
+
+def quant_backend() -> str:
+    """NVFP4_KIT_QUANT_BACKEND: force the activation-quantize backend."""
+    return _get("NVFP4_KIT_QUANT_BACKEND", "auto")
+
+
+def disable_disk_cache() -> bool:
+    """NVFP4_KIT_DISABLE_DISK_CACHE=1: keep compiled kernels and tuning in memory only."""
+    return _flag("NVFP4_KIT_DISABLE_DISK_CACHE")
+
+
+def log_level() -> str:
+    """NVFP4_KIT_LOG_LEVEL: level of the "nvfp4_kit" logger (default INFO)."""
+    return _get("NVFP4_KIT_LOG_LEVEL", "INFO").upper()
+
+
+def kit_enabled_for_vllm() -> bool:
+    """NVFP4_KIT_VLLM=1: the vLLM plugin puts the kit first in vLLM's NVFP4 kernel list."""
+    return _flag("NVFP4_KIT_VLLM")
+
+
+def kit_enabled_for_sglang() -> bool:
+    """NVFP4_KIT_SGLANG=1: the SGLang plugin registers the kit's backend and hooks."""
+    return _flag("NVFP4_KIT_SGLANG")
+
+
+def cute_dsl_arch() -> str | None:
+    """CUTE_DSL_ARCH (read by CuTe DSL itself): compile target when no GPU is present, e.g. sm_90a."""
+    return _get("CUTE_DSL_ARCH")
+
+
+def flashinfer_numerics_env() -> dict[str, str]:
+    """FLASHINFER_NVFP4_4OVER6* variables change FlashInfer's quantize numerics.
+
+    Comparisons against our reference need them unset; the SM100 path warns when any is set.
+    """
+    return {k: v for k, v in os.environ.items() if k.startswith("FLASHINFER_NVFP4_4OVER6")}

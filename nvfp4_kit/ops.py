@@ -1,0 +1,410 @@
+"""The torch boundary: NVFP4 custom ops (with fake implementations) and their thin Python wrappers.
+
+Everything outside the kit (mini_engine, the vLLM/SGLang adapters) reaches a kernel through here:
+
+    pw  = prepare_weight(w_packed, w_scale, weight_scale_2, input_scale)   # once, at load
+    out = linear(x, pw)                                                    # every forward
+
+Custom ops (namespace ``nvfp4``), usable under torch.compile(fullgraph=True) and CUDA-graph capture:
+
+    gemm(x, x_scale?, w, w_scale, alpha, layout, n, out_dtype, backend) -> Tensor
+    gemm_out(x, x_scale?, w, w_scale, alpha, layout, n, backend, out!) -> ()
+    quantize(x, global_scale, layout, backend) -> (packed, scales)
+    quantize_out(x, global_scale, layout, backend, out_packed!, out_scale!) -> ()
+    quantize_dequantize(x, global_scale, backend) -> bf16
+
+``x`` is bf16/fp16 [M, K] (W4A16, or the "dequantized, unscaled" activations of the W4A4 emulation) or
+packed e2m1 uint8 [M, K/2] with ``x_scale`` (W4A4 with real NVFP4 activations). ``layout`` is the weight
+layout a backend prepared: "linear" (reference), "sm90" (our Hopper kernels), "swizzled_128x4"
+(FlashInfer on SM100). ``alpha`` is fp32 with 1 or N elements. The ``_out`` variants allocate nothing.
+Every argument is validated (device, dtype, shape, contiguity, K % 16) before any launch; a bad one
+raises ValueError naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import dispatch, reference
+from . import device as device_mod
+from .backends import Fp4GemmBackend, Fp4QuantBackend
+from .formats import BLOCK_SIZE, ScaleLayout, scale_shape, swizzle_scales
+
+__all__ = [
+    "PreparedWeight",
+    "prepare_weight",
+    "linear",
+    "gemm",
+    "quantize",
+    "quantize_dequantize",
+    "warmup",
+    "WEIGHT_LAYOUTS",
+]
+
+WEIGHT_LAYOUTS = ("linear", "sm90", "swizzled_128x4", "trtllm_128x4")
+_FLOAT_ACTS = (torch.bfloat16, torch.float16)
+# Block scales may come as float8_e4m3fn or as their raw uint8 bytes (as FlashInfer accepts); kernels
+# see a float8_e4m3fn view. (Also lets torch.library.opcheck's schema test run: it cannot compare fp8.)
+_SCALE_DTYPES = (torch.float8_e4m3fn, torch.uint8)
+
+
+def _as_e4m3(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.view(torch.float8_e4m3fn) if t is not None and t.dtype == torch.uint8 else t
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation (metadata only: safe on fake tensors and during capture)
+# ----------------------------------------------------------------------------------------------
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _check_tensor(name, t, *, dtypes=None, dim=None, device=None, contiguous=True) -> None:
+    _check(isinstance(t, torch.Tensor), f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        allowed = ", ".join(str(d) for d in dtypes)
+        _check(t.dtype in dtypes, f"{name}: dtype {t.dtype}, expected {allowed}")
+    if dim is not None:
+        _check(t.dim() == dim, f"{name}: expected {dim}-D, got shape {tuple(t.shape)}")
+    if device is not None:
+        _check(t.device == device, f"{name}: on {t.device}, expected {device} (same device as x)")
+    if contiguous:
+        _check(t.is_contiguous(), f"{name}: must be contiguous (shape {tuple(t.shape)}, strides {t.stride()})")
+
+
+def _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None) -> int:
+    """Returns K. Shapes of the prepared weight are checked as far as the layout defines them."""
+    _check(layout in WEIGHT_LAYOUTS, f"layout={layout!r}: expected one of {', '.join(WEIGHT_LAYOUTS)}")
+    _check(n > 0, f"n={n}: must be positive")
+    _check_tensor("x", x, dim=2)
+    dev = x.device
+    if x_scale is None:
+        _check_tensor("x", x, dtypes=_FLOAT_ACTS)
+        k = x.shape[1]
+    else:
+        _check_tensor("x", x, dtypes=(torch.uint8,))
+        _check_tensor("x_scale", x_scale, dtypes=_SCALE_DTYPES, dim=2, device=dev)
+        k = x.shape[1] * 2
+    _check(k % BLOCK_SIZE == 0, f"x: K={k} must be a multiple of {BLOCK_SIZE}")
+    _check_tensor("w", w, dtypes=(torch.uint8,), device=dev)
+    _check(w.numel() * 2 == n * k, f"w: {w.numel()} bytes, expected N*K/2 = {n}*{k}/2 for n={n}, K={k}")
+    _check_tensor("w_scale", w_scale, dtypes=_SCALE_DTYPES, device=dev)
+    if layout == "linear":
+        _check(tuple(w.shape) == (n, k // 2), f"w: shape {tuple(w.shape)}, expected {(n, k // 2)}")
+        _check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
+               f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)}")
+    if layout == "swizzled_128x4":  # trtllm_128x4 is row-shuffled by FlashInfer: checked there
+        expect = scale_shape(n, k, ScaleLayout.SWIZZLED_128x4)
+        _check(tuple(w_scale.shape) == expect, f"w_scale: shape {tuple(w_scale.shape)}, expected {expect}")
+    if x_scale is not None:
+        act_layout = ScaleLayout.LINEAR if layout in ("linear", "sm90") else ScaleLayout.SWIZZLED_128x4
+        expect = scale_shape(x.shape[0], k, act_layout)
+        _check(tuple(x_scale.shape) == expect, f"x_scale: shape {tuple(x_scale.shape)}, expected {expect}")
+    _check_tensor("alpha", alpha, dtypes=(torch.float32,), device=dev)
+    _check(alpha.numel() in (1, n), f"alpha: {alpha.numel()} elements, expected 1 or N={n}")
+    _check(out_dtype in _FLOAT_ACTS, f"out_dtype: {out_dtype}, expected torch.bfloat16 or torch.float16")
+    if out is not None:
+        _check_tensor("out", out, dtypes=(out_dtype,), dim=2, device=dev)
+        _check(tuple(out.shape) == (x.shape[0], n),
+               f"out: shape {tuple(out.shape)}, expected {(x.shape[0], n)}")
+    return k
+
+
+def _validate_quantize(x, global_scale, layout) -> ScaleLayout:
+    _check_tensor("x", x, dtypes=_FLOAT_ACTS, dim=2)
+    _check(x.shape[1] % BLOCK_SIZE == 0, f"x: K={x.shape[1]} must be a multiple of {BLOCK_SIZE}")
+    _check_tensor("global_scale", global_scale, dtypes=(torch.float32,), device=x.device)
+    _check(global_scale.numel() == 1, f"global_scale: expected 1 element, got shape {tuple(global_scale.shape)}")
+    try:
+        return ScaleLayout.parse(layout)
+    except ValueError as exc:
+        raise ValueError(f"layout: {exc}") from None
+
+
+def _quant_backend(requested: str, x: torch.Tensor) -> Fp4QuantBackend:
+    backend = Fp4QuantBackend.parse(requested)
+    if backend is not Fp4QuantBackend.AUTO:
+        return backend
+    family = device_mod.family(x.device)
+    if family == "sm90":
+        return Fp4QuantBackend.NVFP4_KIT
+    if family == "sm100":
+        return Fp4QuantBackend.FLASHINFER_CUTEDSL
+    return Fp4QuantBackend.REFERENCE  # CPU, and GPUs the kit has no kernel for (small op, exact)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real implementations
+# ----------------------------------------------------------------------------------------------
+def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
+    k = _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
+    x_scale, w_scale = _as_e4m3(x_scale), _as_e4m3(w_scale)
+    if layout == "linear":
+        if x_scale is None:
+            out.copy_(reference.gemm_w4a16(x, w, w_scale, alpha, out.dtype))
+        else:
+            out.copy_(reference.gemm_w4a4(x, x_scale, w, w_scale, alpha, out.dtype))
+    elif layout == "sm90":
+        from .kernels import gemm_sm90
+
+        _check(out.dtype == torch.bfloat16, f"out_dtype: {out.dtype}; the SM90 kernel writes bfloat16")
+        if x_scale is not None:  # packed NVFP4 activations: e2m1*sf is exact in bf16
+            x = reference.dequantize(x, x_scale).to(torch.bfloat16)
+        _check(x.dtype == torch.bfloat16, f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
+        key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
+        choice = dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, x.shape[0])
+        gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config)
+    else:
+        from .kernels import flashinfer_sm100
+
+        _check(x_scale is not None, "x_scale: FlashInfer's mm_fp4 needs NVFP4 activations (W4A4)")
+        key = dispatch.LayerKey("sm100", n, k, "bfloat16", "w4a4")
+        choice = dispatch.choose(key, Fp4GemmBackend.parse(backend), x.shape[0])
+        flashinfer_sm100.gemm_out(x, x_scale, w, w_scale, alpha, out, choice.backend)
+
+
+@torch.library.custom_op("nvfp4::gemm", mutates_args=())
+def _gemm_op(
+    x: torch.Tensor, x_scale: Optional[torch.Tensor], w: torch.Tensor, w_scale: torch.Tensor,
+    alpha: torch.Tensor, layout: str, n: int, out_dtype: torch.dtype, backend: str,
+) -> torch.Tensor:
+    out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
+    _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
+    return out
+
+
+@_gemm_op.register_fake
+def _(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, backend):
+    _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype)
+    return x.new_empty((x.shape[0], n), dtype=out_dtype)
+
+
+@torch.library.custom_op("nvfp4::gemm_out", mutates_args=("out",))
+def _gemm_out_op(
+    x: torch.Tensor, x_scale: Optional[torch.Tensor], w: torch.Tensor, w_scale: torch.Tensor,
+    alpha: torch.Tensor, layout: str, n: int, backend: str, out: torch.Tensor,
+) -> None:
+    _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
+
+
+@_gemm_out_op.register_fake
+def _(x, x_scale, w, w_scale, alpha, layout, n, backend, out):
+    _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
+
+
+def _quantize_into(x, global_scale, layout, backend, out_packed, out_scale) -> None:
+    scale_layout = _validate_quantize(x, global_scale, layout)
+    m, k = x.shape
+    _check_tensor("out_packed", out_packed, dtypes=(torch.uint8,), device=x.device)
+    _check(tuple(out_packed.shape) == (m, k // 2),
+           f"out_packed: shape {tuple(out_packed.shape)}, expected {(m, k // 2)}")
+    _check_tensor("out_scale", out_scale, dtypes=_SCALE_DTYPES, device=x.device)
+    expect = scale_shape(m, k, scale_layout)
+    _check(tuple(out_scale.shape) == expect, f"out_scale: shape {tuple(out_scale.shape)}, expected {expect}")
+    out_scale = _as_e4m3(out_scale)
+    chosen = _quant_backend(backend, x)
+    if chosen is Fp4QuantBackend.NVFP4_KIT:
+        from .kernels import quantize as quantize_kernels
+
+        quantize_kernels.quantize_out(x, global_scale, scale_layout.value, out_packed, out_scale)
+    elif chosen in (Fp4QuantBackend.FLASHINFER_CUTEDSL, Fp4QuantBackend.FLASHINFER_CUDA):
+        from .kernels import flashinfer_sm100
+
+        flashinfer_sm100.quantize_out(x, global_scale, scale_layout, out_packed, out_scale, chosen)
+    else:
+        packed, sf = reference.quantize(x, global_scale, scale_layout)
+        out_packed.copy_(packed)
+        out_scale.copy_(sf)
+
+
+@torch.library.custom_op("nvfp4::quantize", mutates_args=())
+def _quantize_op(
+    x: torch.Tensor, global_scale: torch.Tensor, layout: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    m, k = x.shape
+    packed = torch.empty((m, k // 2), dtype=torch.uint8, device=x.device)
+    scales = torch.empty(scale_shape(m, k, layout), dtype=torch.float8_e4m3fn, device=x.device)
+    _quantize_into(x, global_scale, layout, backend, packed, scales)
+    return packed, scales
+
+
+@_quantize_op.register_fake
+def _(x, global_scale, layout, backend):
+    scale_layout = _validate_quantize(x, global_scale, layout)
+    m, k = x.shape
+    return (x.new_empty((m, k // 2), dtype=torch.uint8),
+            x.new_empty(scale_shape(m, k, scale_layout), dtype=torch.float8_e4m3fn))
+
+
+@torch.library.custom_op("nvfp4::quantize_out", mutates_args=("out_packed", "out_scale"))
+def _quantize_out_op(
+    x: torch.Tensor, global_scale: torch.Tensor, layout: str, backend: str,
+    out_packed: torch.Tensor, out_scale: torch.Tensor,
+) -> None:
+    _quantize_into(x, global_scale, layout, backend, out_packed, out_scale)
+
+
+@_quantize_out_op.register_fake
+def _(x, global_scale, layout, backend, out_packed, out_scale):
+    _validate_quantize(x, global_scale, layout)
+
+
+@torch.library.custom_op("nvfp4::quantize_dequantize", mutates_args=())
+def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.Tensor:
+    _validate_quantize(x, global_scale, "linear")
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    if _quant_backend(backend, x) is Fp4QuantBackend.NVFP4_KIT:
+        from .kernels import quantize as quantize_kernels
+
+        quantize_kernels.quantize_dequantize_out(x, global_scale, out)
+    else:
+        out.copy_(reference.quantize_dequantize(x, global_scale))
+    return out
+
+
+@_qdq_op.register_fake
+def _(x, global_scale, backend):
+    _validate_quantize(x, global_scale, "linear")
+    return x.new_empty(x.shape, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python API
+# ----------------------------------------------------------------------------------------------
+def gemm(x, w, w_scale, alpha, *, layout, n, x_scale=None, out_dtype=torch.bfloat16,
+         backend: str = "auto", out=None):
+    """out = (x @ W.T) * alpha for a prepared NVFP4 weight; `out=` writes in place (graph-safe)."""
+    backend = Fp4GemmBackend.parse(backend).value
+    if out is None:
+        return torch.ops.nvfp4.gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, backend)
+    torch.ops.nvfp4.gemm_out(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
+    return out
+
+
+def quantize(x, global_scale, layout="linear", *, backend: str = "auto", out=None):
+    """x (M, K) bf16/fp16 -> (packed (M, K/2) uint8, scales e4m3 in `layout`); global_scale fp32 [1]."""
+    backend = Fp4QuantBackend.parse(backend).value
+    layout = ScaleLayout.parse(layout).value
+    if out is None:
+        return torch.ops.nvfp4.quantize(x, global_scale, layout, backend)
+    torch.ops.nvfp4.quantize_out(x, global_scale, layout, backend, out[0], out[1])
+    return out
+
+
+def quantize_dequantize(x, global_scale, *, backend: str = "auto"):
+    """x -> bf16 e2m1*sf (not divided by global): the activations of the W4A4 emulation GEMM."""
+    return torch.ops.nvfp4.quantize_dequantize(x, global_scale, Fp4QuantBackend.parse(backend).value)
+
+
+@dataclass(frozen=True)
+class PreparedWeight:
+    """One NVFP4 linear weight in the layout its backend computes from; built once at load."""
+
+    backend: Fp4GemmBackend
+    mode: str  # "w4a16" | "w4a4"
+    n: int
+    k: int
+    layout: str  # one of WEIGHT_LAYOUTS
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    alpha: torch.Tensor  # fp32 [1] or [N]: weight_scale_2 (* input_scale for W4A4)
+    input_global_scale: Optional[torch.Tensor]  # fp32 [1] = 1 / input_scale (W4A4 activations)
+    act_scale_layout: str  # layout of activation block scales this backend reads
+
+    @property
+    def layer_key(self) -> dispatch.LayerKey:
+        return dispatch.LayerKey(device_mod.family(self.weight.device), self.n, self.k, "bfloat16", self.mode)
+
+
+def _as_fp32(name: str, value, n_allowed: tuple[int, ...], device) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    _check(t.is_floating_point(), f"{name}: dtype {t.dtype}, expected a floating dtype")
+    _check(t.numel() in n_allowed, f"{name}: {t.numel()} elements, expected one of {n_allowed}")
+    return t.reshape(-1).to(device=device, dtype=torch.float32).contiguous()
+
+
+def prepare_weight(w_packed, w_scale, weight_scale_2, input_scale=None, *, backend="auto",
+                   mode=None, device=None, name: str | None = None) -> PreparedWeight:
+    """Checkpoint tensors -> PreparedWeight for the chosen backend (pre-shuffled, swizzled, alpha).
+
+    w_packed: (N, K/2) uint8, e2m1 pairs, low nibble first; w_scale: (N, K/16) float8_e4m3fn (linear);
+    weight_scale_2: fp32 scalar or (N,) (per-output-channel for fused qkv/gate_up shards);
+    input_scale: fp32 scalar activation scale (needed for W4A4). backend: any Fp4GemmBackend name.
+    mode: "w4a16" | "w4a4" | None (NVFP4_KIT_MODE, default w4a16; SM100 is always w4a4).
+    """
+    _check_tensor("w_packed", w_packed, dtypes=(torch.uint8,), dim=2)
+    if isinstance(w_scale, torch.Tensor) and w_scale.dtype == torch.uint8:
+        w_scale = w_scale.view(torch.float8_e4m3fn)
+    _check_tensor("w_scale", w_scale, dtypes=(torch.float8_e4m3fn,), dim=2)
+    n, k = w_packed.shape[0], w_packed.shape[1] * 2
+    _check(k % BLOCK_SIZE == 0, f"w_packed: K={k} must be a multiple of {BLOCK_SIZE}")
+    _check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
+           f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)} for w_packed {(n, k // 2)}")
+    device = torch.device(device) if device is not None else w_packed.device
+    family = device_mod.family(device)
+    resolved = dispatch.resolve_backend(backend, family)
+    mode = dispatch.resolve_mode(mode, family, input_scale is not None)
+    alpha = _as_fp32("weight_scale_2", weight_scale_2, (1, n), device)
+    input_global = None
+    if input_scale is not None:
+        in_scale = _as_fp32("input_scale", input_scale, (1,), device)
+        input_global = 1.0 / in_scale
+        if mode == "w4a4":
+            alpha = alpha * in_scale
+    w_packed, w_scale = w_packed.to(device).contiguous(), w_scale.to(device).contiguous()
+    if resolved is Fp4GemmBackend.NVFP4_KIT:
+        from .kernels import gemm_sm90
+
+        gemm_sm90.check_shape(n, k)
+        weight, scale, layout, act_layout = (*gemm_sm90.prepare_weight(w_packed, w_scale), "sm90", "linear")
+    elif resolved is Fp4GemmBackend.REFERENCE:
+        weight, scale, layout, act_layout = w_packed, w_scale, "linear", "linear"
+    else:
+        from .kernels import flashinfer_sm100
+
+        flashinfer_sm100.check_shape(n, k)
+        if resolved is Fp4GemmBackend.FLASHINFER_TRTLLM:
+            weight, scale = flashinfer_sm100.prepare_trtllm_weight(w_packed, w_scale)
+            layout = "trtllm_128x4"
+        else:
+            weight, scale, layout = w_packed, swizzle_scales(w_scale), "swizzled_128x4"
+        act_layout = "swizzled_128x4"
+    pw = PreparedWeight(resolved, mode, n, k, layout, weight, scale, alpha, input_global, act_layout)
+    dispatch.register_layer(pw.layer_key, resolved, name)
+    return pw
+
+
+def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) bf16 -> (..., N) bf16 through the prepared weight; W4A4 quantizes x itself."""
+    _check(isinstance(pw, PreparedWeight), f"pw: expected PreparedWeight, got {type(pw).__name__}")
+    _check(x.shape[-1] == pw.k, f"x: last dim {x.shape[-1]} does not match the weight's K={pw.k}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, pw.k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out2 = None if out is None else out.view(-1, pw.n)
+    backend = pw.backend.value
+    x_scale = None
+    if pw.mode == "w4a4":
+        if pw.act_scale_layout == "swizzled_128x4":
+            x2, x_scale = quantize(x2, pw.input_global_scale, pw.act_scale_layout)
+        else:  # SM90 / reference: exact e2m1*sf activations in bf16, global folded into alpha
+            x2 = quantize_dequantize(x2, pw.input_global_scale)
+    y = gemm(x2, pw.weight, pw.weight_scale, pw.alpha, layout=pw.layout, n=pw.n, x_scale=x_scale,
+             out_dtype=torch.bfloat16 if out is None else out.dtype, backend=backend, out=out2)
+    return out if out is not None else y.view(*lead, pw.n)
+
+
+def warmup(pw: PreparedWeight, max_m: int) -> None:
+    """Compile every config this layer can pick for M <= max_m (and size workspaces) before capture."""
+    _check(not device_mod.is_capturing(), "warmup: called during CUDA-graph capture; warm up before it")
+    for bucket in dispatch.M_BUCKETS:
+        m = min(bucket, max_m)
+        x = torch.zeros((m, pw.k), dtype=torch.bfloat16, device=pw.weight.device)
+        linear(x, pw)
+        if bucket >= max_m:
+            break
