@@ -90,9 +90,16 @@ def _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None
         _check_tensor("x_scale", x_scale, dtypes=_SCALE_DTYPES, dim=2, device=dev)
         k = x.shape[1] * 2
     _check(k % BLOCK_SIZE == 0, f"x: K={k} must be a multiple of {BLOCK_SIZE}")
-    _check_tensor("w", w, dtypes=(torch.uint8,), device=dev)
-    _check(w.numel() * 2 == n * k, f"w: {w.numel()} bytes, expected N*K/2 = {n}*{k}/2 for n={n}, K={k}")
-    _check_tensor("w_scale", w_scale, dtypes=_SCALE_DTYPES, device=dev)
+    if layout == "sm90":  # pre-shuffled int32 words + uint8 scale codes, padded to whole tiles
+        from .kernels.gemm_sm90_layout import check_prepared
+
+        for name, t in (("w", w), ("w_scale", w_scale)):
+            _check_tensor(name, t, device=dev)
+        check_prepared(w, w_scale, n, k)
+    else:
+        _check_tensor("w", w, dtypes=(torch.uint8,), device=dev)
+        _check(w.numel() * 2 == n * k, f"w: {w.numel()} bytes, expected N*K/2 = {n}*{k}/2 for n={n}, K={k}")
+        _check_tensor("w_scale", w_scale, dtypes=_SCALE_DTYPES, device=dev)
     if layout == "linear":
         _check(tuple(w.shape) == (n, k // 2), f"w: shape {tuple(w.shape)}, expected {(n, k // 2)}")
         _check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
@@ -142,7 +149,9 @@ def _quant_backend(requested: str, x: torch.Tensor) -> Fp4QuantBackend:
 # ----------------------------------------------------------------------------------------------
 def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
     k = _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
-    x_scale, w_scale = _as_e4m3(x_scale), _as_e4m3(w_scale)
+    x_scale = _as_e4m3(x_scale)
+    if layout != "sm90":
+        w_scale = _as_e4m3(w_scale)
     if layout == "linear":
         if x_scale is None:
             out.copy_(reference.gemm_w4a16(x, w, w_scale, alpha, out.dtype))

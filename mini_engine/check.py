@@ -1,0 +1,271 @@
+"""End-to-end correctness: mini_engine vs transformers' LlamaForCausalLM (fp32) on the same weights.
+
+    python -m mini_engine.check --preset tiny                       # synthesizes bf16 + NVFP4, all modes
+    python -m mini_engine.check --model DIR --modes w4a16,w4a4      # an NVFP4 checkpoint
+    python -m mini_engine.check --model DIR --modes bf16,w4a16      # a bf16 one (w4a16 quantizes on load)
+
+For each mode the engine generates greedily for a few prompts (continuous batching with a small token
+budget, so chunked prefill and mixed prefill/decode steps are exercised) while a hook records the
+logits it sampled from. The reference then runs teacher-forced on prompt + the engine's tokens, in
+fp32, with the checkpoint's weights dequantized by nvfp4_kit.reference (W = e2m1 * sf * weight_scale_2).
+The kit's linear API takes and returns bf16, so the reference rounds each NVFP4 linear's input and
+output to bf16 too (without that, W4A4 is not comparable: a one-ulp difference at a quantizer input
+flips an e2m1 code, and RMSNorm amplifies it). W4A4: the bf16 input is then fake-quantized with
+reference.quantize_dequantize under the global scale the engine uses, 1/input_scale, where a fused
+GEMM (qkv, gate_up) takes the max of its shards' input_scale.
+
+Criteria, per generated position, with s = max |reference logit| at that position:
+- logits: max |engine - reference| <= tol * s   (tol per engine dtype and mode: TOLERANCES)
+- tokens: engine token == reference argmax, or a flip with margin ref[argmax] - ref[engine token]
+  < delta = 2 * tol * s (two logits each within tol*s can swap only then); flips are listed.
+Exit status 1 when any mode fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["TOLERANCES", "ModeResult", "run_mode", "main"]
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a land far away, there lived a",
+    "1, 2, 3, 4, 5,",
+]
+# (engine dtype, mode) -> tol. fp32 bf16: summation order only. NVFP4 on the fp32 CPU engine: the
+# kit's linear takes and returns bf16, so each quantized GEMM rounds its input and output to bf16.
+TOLERANCES = {
+    ("float32", "bf16"): 1e-3,
+    ("float32", "w4a16"): 1e-2,
+    ("float32", "w4a4"): 1e-2,
+    ("bfloat16", "bf16"): 6e-2,
+    ("bfloat16", "w4a16"): 6e-2,
+    ("bfloat16", "w4a4"): 6e-2,
+}
+_FUSED = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    engine_dtype: str
+    positions: int = 0
+    exact: int = 0
+    flips: list[tuple[int, int, float, float]] = field(default_factory=list)  # prompt, pos, margin, delta
+    bad_flips: int = 0
+    max_rel_err: float = 0.0
+    tol: float = 0.0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        ok = self.error is None and self.bad_flips == 0 and self.positions > 0
+        return ok and self.max_rel_err <= self.tol
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def reference_weights(path: Path, quantize: bool, device: str = "cpu"
+                      ) -> tuple[dict, dict[str, torch.Tensor], dict[str, float]]:
+    """(config, fp32 state dict with NVFP4 linears dequantized on `device`, W4A4 input scale per
+    linear module)."""
+    from nvfp4_kit import reference
+
+    cfg = json.loads((path / "config.json").read_text())
+    raw = {k: v.to(device) for k, v in _load_tensors(path).items()}
+    sd, in_scale = {}, {}
+    for name, t in raw.items():
+        module, _, kind = name.rpartition(".")
+        if kind == "weight" and t.dtype == torch.uint8:
+            ws2 = raw[f"{module}.weight_scale_2"]
+            sd[name] = reference.dequantize(t, raw[f"{module}.weight_scale"]) * ws2
+            in_scale[module] = float(raw[f"{module}.input_scale"])
+        elif kind == "weight" and t.is_floating_point():
+            if quantize and module.rsplit(".", 1)[-1] in (*_FUSED, "o_proj", "down_proj"):
+                q = reference.quantize_weight(t.float())  # what --quantization nvfp4 does on load
+                t = reference.dequantize(q["weight"], q["weight_scale"]) * q["weight_scale_2"]
+                in_scale[module] = 1.0  # no activation scale: W4A16 only (marks the layer as NVFP4)
+            sd[name] = t.float()
+    fused: dict[str, float] = {}  # one activation scale per fused GEMM: the max of its shards'
+    for module, s in in_scale.items():
+        parent, _, leaf = module.rpartition(".")
+        key = f"{parent}.{_FUSED.get(leaf, leaf)}"
+        fused[key] = max(fused.get(key, 0.0), s)
+    w4a4 = {m: fused[f"{m.rpartition('.')[0]}.{_FUSED.get(m.rpartition('.')[2], m.rpartition('.')[2])}"]
+            for m in in_scale}
+    return cfg, sd, w4a4
+
+
+def _engine_run(model: str, mode: str, nvfp4_dir: bool, prompts: list[list[int]], max_tokens: int,
+                device: str) -> tuple[list[list[int]], list[list[torch.Tensor]], str]:
+    from .llm import LLM
+    from .sampling_params import SamplingParams
+
+    opts = dict(device=device, max_num_seqs=4, max_num_batched_tokens=32, max_model_len=512,
+                kv_cache_blocks=256, enable_prefix_caching=False)
+    if mode != "bf16":
+        opts["nvfp4_mode"] = mode
+        opts["quantization"] = "auto" if nvfp4_dir else "nvfp4"
+    llm = LLM(model, **opts)
+    logits: dict[str, list[torch.Tensor]] = {}
+
+    def hook(seqs, lg):
+        for s, row in zip(seqs, lg, strict=False):
+            logits.setdefault(s.request_id, []).append(row.float().cpu())
+
+    llm.engine.runner.logits_hook = hook
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    dtype = str(llm.engine.runner.dtype).replace("torch.", "")
+    tokens = [o.outputs[0].token_ids for o in outs]
+    recorded = [logits[o.request_id] for o in outs]
+    del llm
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return tokens, recorded, dtype
+
+
+@torch.no_grad()
+def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: list[list[int]],
+                      device: str):
+    from nvfp4_kit import reference
+
+    from .make_checkpoint import hf_llama
+
+    model = hf_llama(cfg, sd, torch.device(device), torch.float32)
+    for name, mod in model.named_modules():
+        if name not in in_scales:  # bf16 layers (and bf16 checkpoints) stay plain fp32
+            continue
+        s = in_scales[name]
+
+        def bf16_input(_m, args, s=s):  # the kit's linear takes bf16 (W4A4: then fake-quantized)
+            x = args[0].to(torch.bfloat16)
+            if w4a4:
+                x2 = reference.quantize_dequantize(x.reshape(-1, x.shape[-1]), torch.tensor(1.0 / s)) * s
+                x = x2.reshape(x.shape)
+            return (x.float(),)
+
+        mod.register_forward_pre_hook(bf16_input)
+        mod.register_forward_hook(lambda _m, _a, y: y.to(torch.bfloat16).float())  # and returns bf16
+    out = [model(torch.tensor([s], device=device)).logits[0].float().cpu() for s in seqs]
+    del model
+    return out
+
+
+def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
+             ref_device: str = "cpu") -> ModeResult:
+    from .config import QuantConfig
+    from .tokenizer import load_tokenizer
+
+    path = Path(model)
+    nvfp4_dir = QuantConfig.from_dir(path) is not None
+    if mode == "bf16" and nvfp4_dir:
+        return ModeResult(mode, "-", error="bf16 mode needs a bf16 checkpoint (this one is NVFP4)")
+    if mode == "w4a4" and not nvfp4_dir:
+        return ModeResult(mode, "-", error="w4a4 needs calibrated input_scale: use an NVFP4 checkpoint")
+    tok = load_tokenizer(path)
+    prompts = [tok(p).input_ids for p in PROMPTS]
+    tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device)
+    cfg, sd, in_scales = reference_weights(path, quantize=(mode != "bf16" and not nvfp4_dir),
+                                           device=ref_device)
+    ref = _reference_logits(cfg, sd, in_scales if mode != "bf16" else {}, mode == "w4a4",
+                            [p + t[:-1] for p, t in zip(prompts, tokens, strict=False)], ref_device)
+    res = ModeResult(mode, dtype, tol=TOLERANCES[(dtype, mode)])
+    for i, (p, toks, lg, r) in enumerate(zip(prompts, tokens, eng_logits, ref, strict=False)):
+        for j, (tk, e) in enumerate(zip(toks, lg, strict=False)):
+            rj = r[len(p) - 1 + j]
+            scale = rj.abs().max().item()
+            res.max_rel_err = max(res.max_rel_err, (e - rj).abs().max().item() / scale)
+            res.positions += 1
+            top = int(rj.argmax())
+            if tk == top:
+                res.exact += 1
+                continue
+            margin, delta = (rj[top] - rj[tk]).item(), 2 * res.tol * scale
+            res.flips.append((i, j, margin, delta))
+            res.bad_flips += margin >= delta
+    return res
+
+
+def print_table(results: list[ModeResult]) -> None:
+    head = (f"{'mode':6} {'dtype':9} {'positions':>9} {'exact':>6} {'flips':>6} "
+            f"{'max|dlogit|/max|ref|':>21} {'tol':>7}  result")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if r.error:
+            print(f"{r.mode:6} {r.engine_dtype:9} {'-':>9} {'-':>6} {'-':>6} {'-':>21} {'-':>7}  "
+                  f"FAIL: {r.error}")
+            continue
+        print(f"{r.mode:6} {r.engine_dtype:9} {r.positions:9d} {r.exact:6d} {len(r.flips):6d} "
+              f"{r.max_rel_err:21.2e} {r.tol:7.0e}  {'PASS' if r.passed else 'FAIL'}")
+        for prompt, pos, margin, delta in r.flips:
+            verdict = "accepted" if margin < delta else "REJECTED"
+            print(f"    flip: prompt {prompt} position {pos}: reference margin {margin:.4g} "
+                  f"vs delta {delta:.4g} ({verdict})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mini_engine.check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint directory (bf16 or NVFP4)")
+    src.add_argument("--preset", help="synthesize bf16 + NVFP4 checkpoints of this preset into a temp dir")
+    ap.add_argument("--modes", default=None, help="comma list of bf16,w4a16,w4a4 (default: all that apply)")
+    ap.add_argument("--max-tokens", type=int, default=12)
+    ap.add_argument("--device", default="auto", help="engine device")
+    ap.add_argument("--ref-device", default="cpu", help="reference device (fp32; cuda for the 8B preset)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.modes:
+        modes = args.modes.split(",")
+    elif args.model:  # all that apply to this checkpoint
+        from .config import QuantConfig
+
+        nvfp4 = QuantConfig.from_dir(Path(args.model)) is not None
+        modes = ["w4a16", "w4a4"] if nvfp4 else ["bf16", "w4a16"]
+    else:
+        modes = ["bf16", "w4a16", "w4a4"]
+    bad = [m for m in modes if m not in ("bf16", "w4a16", "w4a4")]
+    if bad:
+        print(f"error: --modes: unknown mode {bad[0]!r}", file=sys.stderr)
+        return 2
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.preset:
+            from .make_checkpoint import main as make
+
+            for fmt in ("bf16", "nvfp4"):
+                if make(["--preset", args.preset, "--format", fmt, "--out", f"{tmp}/{fmt}"]) != 0:
+                    return 2
+        for mode in modes:
+            model = args.model or f"{tmp}/{'bf16' if mode == 'bf16' else 'nvfp4'}"
+            try:
+                results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device))
+            except ValueError as exc:
+                results.append(ModeResult(mode, "-", error=str(exc)))
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps([{**r.__dict__, "passed": r.passed} for r in results], indent=1))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""mini_engine.layers: see the modules; each file owns one role."""
+
+__all__: list[str] = []

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# mini_engine on the H100: GPU tests, `check` on a synthetic 8B-preset NVFP4 checkpoint, and batch-1
+# decode ms/token NVFP4 vs bf16 (dummy weights, CUDA graphs) with a table of where the GPU time goes.
+#
+#   run(command="bash scripts/gpu_engine_check.sh", carry=[".device"], kind="nvidia-h100-x1")
+#
+# Logs and JSON go to $OUT (or /tmp/gpu_engine_out). Checkpoints are generated on the GPU box into /tmp
+# (never carried). Steps are independent: a failing one is reported and the next still runs.
+# SKIP_TESTS=1 / SKIP_CHECK=1 / SKIP_BENCH=1 leave a step out.
+set -u
+OUT="${OUT:-/tmp/gpu_engine_out}"
+mkdir -p "$OUT"
+if [ -f .device/env.sh ]; then source .device/env.sh || exit 1; fi
+export MINI_ENGINE_PROGRESS=0 PYTHONUNBUFFERED=1
+# Dummy 8B engines need the Llama-3 tokenizer: llama-models, or its tokenizer.model carried in .devtok/
+if [ -f .devtok/tokenizer.model ]; then export MINI_ENGINE_LLAMA3_TOKENIZER="$PWD/.devtok/tokenizer.model"; fi
+export NVFP4_KIT_CACHE_DIR="${NVFP4_KIT_CACHE_DIR:-/tmp/nvfp4_kit_cache}"  # warm across steps
+status=0
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+if [ -z "${SKIP_TESTS:-}" ]; then
+  step "pytest -m gpu tests/mini_engine"
+  ignore=""  # the server's tests need the openai client, which the GPU box may lack
+  python3 -c "import openai" 2>/dev/null || ignore="--ignore=tests/mini_engine/server"
+  python3 -m pytest -q -m gpu tests/mini_engine $ignore -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  step "batch-1 decode, NVFP4 vs bf16 (dummy 8B weights, CUDA graphs)"
+  python3 scripts/bench_decode.py --out "$OUT" --configs nvfp4,bf16 --prompt-len 512 --decode 128 \
+    2>&1 | tee "$OUT/bench_decode.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if [ -z "${SKIP_CHECK:-}" ]; then
+  step "make_checkpoint llama-3.1-8b nvfp4 -> /tmp/l8b-nvfp4"
+  rm -rf /tmp/l8b-nvfp4
+  python3 -m mini_engine.make_checkpoint --preset llama-3.1-8b --format nvfp4 --out /tmp/l8b-nvfp4 \
+    --calib-tokens 512 2>&1 | tee "$OUT/make_checkpoint_8b.log"
+  step "mini_engine.check on the 8B-preset NVFP4 checkpoint (reference fp32 on the GPU)"
+  python3 -m mini_engine.check --model /tmp/l8b-nvfp4 --modes w4a16,w4a4 --ref-device cuda \
+    --json "$OUT/check_8b.json" 2>&1 | tee "$OUT/check_8b.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  rm -rf /tmp/l8b-nvfp4
+fi
+
+step "done: status $status; files in $OUT"
+ls -la "$OUT"
+exit $status
