@@ -62,11 +62,18 @@ def m_bucket(m: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def cutlass_dsl_version() -> str:
-    try:
-        from importlib.metadata import version
+    """Installed nvidia-cutlass-dsl version ("none" without it: the kit imports, our kernels don't)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("nvidia-cutlass-dsl")
-    except Exception:  # not installed: the kit still imports, our kernels are unavailable
+    except PackageNotFoundError:
+        pass
+    try:  # unpacked without pip metadata (e.g. a wheel extracted onto PYTHONPATH)
+        import cutlass
+
+        return str(cutlass.__version__)
+    except ImportError:
         return "none"
 
 

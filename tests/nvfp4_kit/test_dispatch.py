@@ -16,6 +16,8 @@ KEY = dispatch.LayerKey("sm90", 6144, 4096, "bfloat16", "w4a16")
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("NVFP4_KIT_CACHE_DIR", str(tmp_path))
+    # no committed default table: each test writes the tables it needs
+    monkeypatch.setitem(dispatch._DEFAULT_TABLES, "sm90", tmp_path / "no_default_table.json")
     dispatch.reset()
     yield
     dispatch.reset()

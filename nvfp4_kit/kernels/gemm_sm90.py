@@ -1,0 +1,282 @@
+"""Hopper (SM90) NVFP4 W4A16 GEMM: the entry points the ops layer calls (docs/CONTRACT.md).
+
+    out[M, N] = (x[M, K] @ (e2m1(W) * sf_W)[N, K].T) * alpha      fp32 accumulation, bf16 out
+
+Pieces: gemm_sm90_layout (offline weight pre-shuffle "sm90" + CPU emulation), gemm_sm90_config
+(GemmConfig, candidates, heuristic, stream-K grid), gemm_sm90_kernel (the CuTe DSL kernel),
+gemm_sm90_epilogue (stream-K fix-up + store), gemm_sm90_ptx (inline PTX). W4A4 on SM90 = the ops
+layer's quantize->dequantize of x (exact in bf16) + this kernel with
+alpha = input_scale * weight_scale_2.
+
+Graph capture: gemm_w4a16_out allocates nothing, copies nothing host->device and launches on
+torch.cuda.current_stream(). The stream-K fix-up uses a per-device fp32 workspace and int32 tile
+counters (`workspace_bytes`); they grow only outside capture (`reserve_workspace`, or on the first
+eager call) and a call under capture that would need more raises. The workspace is shared by all
+GEMMs of a device: calls on two streams that run concurrently must not both use stream-K pieces.
+Kernels are launched with programmatic dependent launch (PDL); they call griddepcontrol.wait
+before reading x or writing anything, so any kernel may precede them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..formats import BLOCK_SIZE
+from . import compile_cache
+from .gemm_sm90_config import (
+    COMPILED_SHAPES,
+    NUM_SMS_H100,
+    GemmConfig,
+    candidate_configs,
+    heuristic_config,
+    stream_k_grid,
+)
+from .gemm_sm90_layout import K_CHUNK, ROW_TILE, padded_shape, prepare_weight, unprepare_weight
+
+__all__ = [
+    "LAYOUT",
+    "check_shape",
+    "prepare_weight",
+    "unprepare_weight",
+    "GemmConfig",
+    "candidate_configs",
+    "heuristic_config",
+    "gemm_w4a16_out",
+    "precompile",
+    "workspace_bytes",
+    "reserve_workspace",
+    "stream_k_grid",
+]
+
+LAYOUT = "sm90"
+KERNEL_NAME = "gemm_sm90_w4a16"
+_MAX_N = 1 << 20
+_MAX_K = 1 << 20
+
+
+def check_shape(n: int, k: int) -> None:
+    """Raise ValueError (naming n or k) when the kernel cannot serve an [N, K] weight."""
+    if not isinstance(n, int) or n <= 0 or n > _MAX_N:
+        raise ValueError(f"n={n}: expected an int in 1..{_MAX_N}")
+    if not isinstance(k, int) or k <= 0 or k > _MAX_K:
+        raise ValueError(f"k={k}: expected an int in 1..{_MAX_K}")
+    if k % BLOCK_SIZE:
+        raise ValueError(f"k={k}: must be a multiple of {BLOCK_SIZE} (NVFP4 block)")
+
+
+# ----------------------------------------------------------------------------- compile
+def _kernel_for(cfg: GemmConfig):
+    from .gemm_sm90_kernel import Sm90W4A16Kernel
+
+    return Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl))
+
+
+def _compile_args():
+    import cutlass
+    import cutlass.runtime as cute_runtime
+    from cutlass import Int32, Int64
+    from cutlass.cute.runtime import make_ptr
+    from cutlass.cute.typing import AddressSpace
+
+    x = make_ptr(cutlass.BFloat16, 16, AddressSpace.gmem, assumed_align=16)
+    i64 = [Int64(0)] * 6
+    i32 = [Int32(1), Int32(128), Int32(128), Int32(2), Int32(1), Int32(1), Int32(2), Int32(0)]
+    return (x, *i64, *i32, cute_runtime.make_fake_stream())
+
+
+_fns: dict[tuple[int, ...], object] = {}  # hot-path memo in front of compile_cache
+
+
+def _compiled(cfg: GemmConfig):
+    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl)
+    fn = _fns.get(shape)
+    if fn is None:
+        key = dict(cfg.compile_key, arch="sm_90a")
+        fn = compile_cache.compile(KERNEL_NAME, key, _kernel_for(cfg), *_compile_args())
+        _fns[shape] = fn
+    return fn
+
+
+def precompile(arch: str, configs=None) -> list[str]:
+    """Compile (and cache) every kernel shape in `configs` (default: all shipped shapes).
+
+    arch: "sm90"/"sm_90"/"sm_90a"; the CuTe DSL target must already be sm_90a (the GPU's own, or
+    CUTE_DSL_ARCH=sm_90a set before cutlass is imported, as `python -m nvfp4_kit.precompile` and
+    tests/conftest.py do). Returns the compile keys (config names without ctas_per_sm).
+    """
+    if arch.replace("_", "").lower() not in ("sm90", "sm90a"):
+        raise ValueError(f"arch={arch!r}: this kernel targets sm_90a (Hopper)")
+    current = compile_cache.target_arch()
+    if current != "sm_90a":
+        raise ValueError(
+            f"arch={arch!r}, but the CuTe DSL targets {current!r}: set "
+            "CUTE_DSL_ARCH=sm_90a before importing cutlass"
+        )
+    if configs is None:
+        configs = [GemmConfig(bn, wgs, st, per_step=ps) for bn, wgs, st, ps in COMPILED_SHAPES]
+    seen: dict[str, GemmConfig] = {}
+    for cfg in configs:
+        base = GemmConfig(cfg.bn, cfg.wgs, cfg.stages, 1, cfg.per_step, cfg.pdl)
+        seen.setdefault(base.name.rsplit("_c", 1)[0], base)
+    for cfg in seen.values():
+        _compiled(cfg)
+    return list(seen)
+
+
+# --------------------------------------------------------------------------- workspace
+_ws_lock = threading.Lock()
+_workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _sms(device: torch.device | None = None) -> int:
+    if not torch.cuda.is_available():
+        return NUM_SMS_H100
+    idx = torch.cuda.current_device() if device is None or device.index is None else device.index
+    sms = _SMS.get(idx)
+    if sms is None:
+        sms = _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return sms
+
+
+_SMS: dict[int, int] = {}
+
+
+def _ws_need(m: int, n: int, k: int, cfg: GemmConfig, sms: int) -> tuple[int, int]:
+    """(fp32 workspace elements, int32 counters) for a call."""
+    grid, _total, n_tiles = stream_k_grid(m, n, k, cfg, sms)
+    m_tiles = -(-m // cfg.bn)
+    return m_tiles * grid * 2 * cfg.bm * cfg.bn, m_tiles * n_tiles
+
+
+def _ws_bound(m_max: int, n: int, config: GemmConfig, sms: int) -> tuple[int, int]:
+    """(fp32 elements, counters) enough for every M <= m_max: m_tiles * G <= max(SMs * c, m_tiles)."""
+    m_tiles = -(-max(1, m_max) // config.bn)
+    n_tiles = -(-n // (2 * ROW_TILE)) * 2 // config.wgs
+    ctas = max(sms * config.ctas_per_sm, m_tiles)
+    return ctas * 2 * config.bm * config.bn, m_tiles * n_tiles
+
+
+def workspace_bytes(m_max: int, n: int, config: GemmConfig, sms: int = NUM_SMS_H100) -> int:
+    """Bytes of stream-K workspace (fp32 partials + int32 counters) any call with M <= m_max needs
+    (allocated per device by reserve_workspace or the first eager call; shared by all layers)."""
+    elems, tiles = _ws_bound(m_max, n, config, sms)
+    return 4 * (elems + tiles)
+
+
+def reserve_workspace(device, m_max: int, n: int, config: GemmConfig) -> None:
+    """Grow the device's stream-K workspace for calls with M <= m_max (call before graph capture)."""
+    idx = device if isinstance(device, int) else torch.device(device).index
+    dev = torch.device("cuda", torch.cuda.current_device() if idx is None else idx)
+    _workspace(dev, *_ws_bound(m_max, n, config, _sms(dev)))
+
+
+def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    with _ws_lock:
+        ws, sem = _workspaces.get(idx, (None, None))
+        if ws is not None and ws.numel() >= elems and sem.numel() >= tiles:
+            return ws, sem
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"nvfp4_kit gemm_sm90: stream-K workspace too small for this call during CUDA graph "
+                f"capture (need {elems} fp32 + {tiles} counters); call "
+                "gemm_sm90.reserve_workspace(device, m_max, n, config) before capture"
+            )
+        old_e = 0 if ws is None else ws.numel()
+        old_t = 0 if sem is None else sem.numel()
+        ws = torch.empty(max(elems, old_e, 1), dtype=torch.float32, device=torch.device("cuda", idx))
+        sem = torch.zeros(max(tiles, old_t, 1), dtype=torch.int32, device=torch.device("cuda", idx))
+        _workspaces[idx] = (ws, sem)
+        return ws, sem
+
+
+# -------------------------------------------------------------------------------- call
+def _check_call(x, w, w_scale, alpha, out) -> tuple[int, int, int]:
+    if x.dtype != torch.bfloat16 or x.dim() != 2 or not x.is_contiguous():
+        raise ValueError(
+            f"x: expected contiguous 2-D bfloat16 [M, K], got {x.dtype} "
+            f"{tuple(x.shape)} contiguous={x.is_contiguous()}"
+        )
+    m, k = x.shape
+    if out.dtype != torch.bfloat16 or out.dim() != 2 or not out.is_contiguous() or out.shape[0] != m:
+        raise ValueError(f"out: expected contiguous bfloat16 [M={m}, N], got {out.dtype} {tuple(out.shape)}")
+    n = out.shape[1]
+    check_shape(n, k)
+    n_pad, k_pad = padded_shape(n, k)
+    nt, kc = n_pad // ROW_TILE, k_pad // K_CHUNK
+    if w.dtype != torch.int32 or tuple(w.shape) != (nt, kc, 2, 128, 4) or not w.is_contiguous():
+        raise ValueError(
+            f"w: expected contiguous int32 {(nt, kc, 2, 128, 4)} (sm90 layout for "
+            f"N={n}, K={k}), got {w.dtype} {tuple(w.shape)}"
+        )
+    s_shape = (nt, kc, 128, 16)
+    if w_scale.dtype != torch.uint8 or tuple(w_scale.shape) != s_shape or not w_scale.is_contiguous():
+        raise ValueError(
+            f"w_scale: expected contiguous uint8 {(nt, kc, 128, 16)} (sm90 scale "
+            f"codes), got {w_scale.dtype} {tuple(w_scale.shape)}"
+        )
+    if alpha.dtype != torch.float32 or alpha.numel() not in (1, n) or not alpha.is_contiguous():
+        raise ValueError(
+            f"alpha: expected contiguous float32 with 1 or N={n} elements, got "
+            f"{alpha.dtype} {tuple(alpha.shape)}"
+        )
+    dev = x.device
+    for name, t in (("w", w), ("w_scale", w_scale), ("alpha", alpha), ("out", out)):
+        if t.device != dev:
+            raise ValueError(f"{name}: on {t.device}, expected {dev} like x")
+    if dev.type != "cuda":
+        raise ValueError(f"x: on {dev}; the sm90 kernel runs on CUDA tensors")
+    if x.data_ptr() % 16:
+        raise ValueError("x: data pointer must be 16-byte aligned (TMA)")
+    return m, n, k
+
+
+def gemm_w4a16_out(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    out: torch.Tensor,
+    config: GemmConfig | None = None,
+) -> None:
+    """out[M, N] (bf16) = (x @ dequant(w, w_scale).T) * alpha. x: (M, K) bf16 contiguous; w, w_scale:
+    from prepare_weight; alpha: fp32 device tensor [1] or [N]. Launches on the current stream."""
+    m, n, k = _check_call(x, w, w_scale, alpha, out)
+    if m == 0:
+        return
+    cfg = config if config is not None else heuristic_config(m, n, k)
+    sms = _sms(x.device)
+    grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms)
+    _, k_pad = padded_shape(n, k)
+    elems, tiles = _ws_need(m, n, k, cfg, sms)
+    ws, sem = _workspace(x.device, elems, tiles)
+    fn = _compiled(cfg)
+    from cuda.bindings import driver as cuda_driver
+
+    stream = cuda_driver.CUstream(torch.cuda.current_stream(x.device).cuda_stream)
+    from cutlass import BFloat16, Int64  # python ints would be narrowed to Int32 at the call
+    from cutlass.cute.runtime import make_ptr
+    from cutlass.cute.typing import AddressSpace
+
+    x_ptr = make_ptr(BFloat16, x.data_ptr(), AddressSpace.gmem, assumed_align=16)
+    with torch.cuda.device(x.device):
+        fn(
+            x_ptr,
+            Int64(w.data_ptr()),
+            Int64(w_scale.data_ptr()),
+            Int64(alpha.data_ptr()),
+            Int64(out.data_ptr()),
+            Int64(ws.data_ptr()),
+            Int64(sem.data_ptr()),
+            m,
+            n,
+            k,
+            n_tiles,
+            k_pad // K_CHUNK,
+            total,
+            grid,
+            0 if alpha.numel() == 1 else 1,
+            stream,
+        )

@@ -1,0 +1,155 @@
+"""Tile/split configurations of the SM90 W4A16 GEMM and the fallback heuristic (no tuning table).
+
+A config is the compile-time shape of the kernel (token tile `bn`, consumer warpgroups `wgs`,
+shared-memory pipeline `stages` of weights + activations) plus the run-time stream-K width
+`ctas_per_sm`, which needs no recompile. M (tokens), N and K are run-time values in every kernel.
+
+Stream-K grid (`stream_k_grid`): per token tile, the n_tiles x Kc (row tile, K chunk) pairs are cut
+into G = max(1, SMs * ctas_per_sm // m_tiles) equal runs, so the whole grid is one wave of at most
+SMs * ctas_per_sm CTAs with the same number of weight chunks each, whatever M, N and K are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..formats import round_up
+from .gemm_sm90_layout import K_CHUNK, ROW_TILE
+
+__all__ = [
+    "NUM_SMS_H100",
+    "GemmConfig",
+    "COMPILED_SHAPES",
+    "candidate_configs",
+    "heuristic_config",
+    "stream_k_grid",
+]
+
+NUM_SMS_H100 = 132
+_BNS = (8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """bn: tokens per CTA (wgmma N); wgs: consumer warpgroups (64 weight rows each);
+    stages: shared-memory pipeline depth (each stage: one 128-wide K chunk of weights + x);
+    ctas_per_sm: stream-K width (run time; pieces of a row tile are fixed up deterministically)."""
+
+    bn: int = 16
+    wgs: int = 1
+    stages: int = 7
+    ctas_per_sm: int = 2
+    per_step: int = 2  # 1: fence+wgmma per k16 step; 0: one fence per chunk; 2: 0 + 2 A buffers
+    pdl: int = 1  # programmatic dependent launch: weights stream in while the previous kernel ends
+
+    def __post_init__(self) -> None:
+        if self.bn not in _BNS:
+            raise ValueError(f"bn={self.bn}: expected one of {_BNS}")
+        if self.wgs not in (1, 2):
+            raise ValueError(f"wgs={self.wgs}: expected 1 or 2")
+        if not 2 <= self.stages <= 12:
+            raise ValueError(f"stages={self.stages}: expected 2..12")
+        if self.smem_bytes > 220 * 1024:
+            raise ValueError(f"{self.name}: {self.smem_bytes} bytes of shared memory, above 220 KB")
+        if self.pdl not in (0, 1):
+            raise ValueError(f"pdl={self.pdl}: expected 0 or 1")
+        if self.per_step not in (0, 1, 2):
+            raise ValueError(f"per_step={self.per_step}: expected 0, 1 or 2")
+        if not 1 <= self.ctas_per_sm <= 8:
+            raise ValueError(f"ctas_per_sm={self.ctas_per_sm}: expected 1..8")
+
+    @property
+    def bm(self) -> int:
+        return ROW_TILE * self.wgs
+
+    @property
+    def smem_bytes(self) -> int:
+        """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup)."""
+        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * 6144) + 1024
+
+    @property
+    def name(self) -> str:
+        return (
+            f"bn{self.bn}_wg{self.wgs}_st{self.stages}_p{self.per_step}{'_pdl' if self.pdl else ''}"
+            f"_c{self.ctas_per_sm}"
+        )
+
+    @property
+    def compile_key(self) -> dict[str, int]:
+        """The fields that change the compiled kernel (ctas_per_sm is a run-time argument)."""
+        return {
+            "bn": self.bn,
+            "wgs": self.wgs,
+            "stages": self.stages,
+            "per_step": self.per_step,
+            "pdl": self.pdl,
+        }
+
+    def to_dict(self) -> dict[str, int | str]:
+        """The fields plus "name" (read by dispatch.describe(); checked, not needed, on load)."""
+        return {**dataclasses.asdict(self), "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GemmConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names - {"name"}
+        if unknown:
+            raise ValueError(f"GemmConfig.from_dict: unknown keys {sorted(unknown)}")
+        cfg = cls(**{k: int(v) for k, v in d.items() if k != "name"})
+        if "name" in d and d["name"] != cfg.name:
+            raise ValueError(f"GemmConfig.from_dict: name {d['name']!r} does not match {cfg.name!r}")
+        return cfg
+
+
+# The compiled kernel shapes (bn, wgs, stages, per_step): what precompile() builds by default.
+# Stages keep a decode CTA under ~72 KB of shared memory (3 CTAs per SM, >= 100 KB of weights in
+# flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
+# bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
+COMPILED_SHAPES: tuple[tuple[int, int, int, int], ...] = (
+    (8, 1, 8, 2),
+    (16, 1, 7, 2),
+    (32, 1, 5, 0),
+    (32, 1, 5, 2),
+    (64, 1, 4, 2),
+    (128, 2, 4, 2),
+)
+
+
+def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H100) -> tuple[int, int, int]:
+    """(G CTAs per token tile, T = n_tiles * Kc chunks per token tile, n_tiles): CTA c streams
+    chunks [c*T//G, (c+1)*T//G); G <= T so none is empty, and m_tiles * G <= max(SMs*c, m_tiles)."""
+    n_tiles = round_up(n, 2 * ROW_TILE) // cfg.bm
+    total = n_tiles * (round_up(k, K_CHUNK) // K_CHUNK)
+    m_tiles = -(-m // cfg.bn)
+    g = min(total, max(1, sms * cfg.ctas_per_sm // m_tiles))  # grid <= one wave
+    return g, total, n_tiles
+
+
+def _cfg(bn: int, per_step: int, ctas: int) -> GemmConfig:
+    shape = next(s for s in COMPILED_SHAPES if s[0] == bn and s[3] == per_step)
+    return GemmConfig(shape[0], shape[1], shape[2], ctas_per_sm=ctas, per_step=per_step)
+
+
+# Per M bucket: the configs the tuner times (first = untuned default). Decode buckets vary the
+# stream-K width; prefill buckets the token tile.
+_CANDIDATES: dict[int, tuple[tuple[int, int, int], ...]] = {
+    8: ((8, 2, 3), (8, 2, 2), (8, 2, 4), (16, 2, 3)),
+    16: ((16, 2, 3), (16, 2, 2), (8, 2, 3)),
+    32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
+    64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
+    128: ((128, 2, 1), (64, 2, 2), (32, 0, 3)),
+    8192: ((128, 2, 1), (64, 2, 2)),
+}
+
+
+def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
+    """Configs worth timing for this shape (the tuner times these; the first is the heuristic's)."""
+    bucket = next(b for b in sorted(_CANDIDATES) if m <= b or b == 8192)
+    return [_cfg(*c) for c in _CANDIDATES[bucket]]
+
+
+def heuristic_config(m: int, n: int, k: int) -> GemmConfig:
+    """Untuned default (H100 measurements): bn8/16 with 3 stream-K CTAs per SM for decode, bn32
+    per_step 0 for M <= 32, bn64 for M <= 64, then 128x128 tiles with one CTA per SM."""
+    return candidate_configs(m, n, k)[0]

@@ -1,0 +1,453 @@
+"""The SM90 W4A16 GEMM kernel in CuTe DSL: out[M, N] = (x[M, K] @ dequant(W)[N, K].T) * alpha.
+
+Design (Hopper, swap-AB, mixed input):
+  1. Swap-AB: weight rows are wgmma's M (64 per consumer warpgroup), tokens its N (bn = 8..128),
+     so a decode batch of 1..16 tokens still fills the 64-row MMA.
+  2. One producer warp fills a `stages`-deep mbarrier pipeline: per 128-wide K chunk, the packed
+     weights of each 64-row tile (pre-shuffled so they are 4 KB + 2 KB contiguous: two 1-D bulk
+     copies, no tensor map) and the activation tile (TMA, zero-filled past M and K).
+  3. Consumer warpgroups read their own 48 bytes per chunk from shared memory (conflict-free
+     16-byte loads), dequantize in registers (gemm_sm90_ptx: e2m1 -> bf16 by bit placement, times
+     the e4m3 scale, one bf16x2 multiply per 2 values) into wgmma's register A operand (RS wgmma);
+     the activations are the shared-memory B operand.
+  4. Overlap of dequant and MMA (`per_step`): 2 (default) dequantizes chunk i+1 into a second A
+     fragment while chunk i's 8 chained wgmmas run; 1 fences and issues per k16 step with 7 wgmmas
+     in flight; 0 waits for each chunk. Measured within 3% of each other at decode (the data
+     path dominates there); 2 is up to 15% faster at M >= 128 (benchmarks/notes_gemm.md).
+  5. PDL (`pdl`): the first `stages` weight chunks are requested before griddepcontrol.wait, so
+     they stream in while the previous kernel finishes; x and every global write come after it.
+  6. Stream-K: per token tile, the T = n_tiles * Kc (row tile, K chunk) pairs are cut into
+     `grid.x` = G runs [c*T//G, (c+1)*T//G), one per CTA, so every SM streams the same number of
+     weight bytes (+-1 chunk) whatever N and K are.
+     A row tile cut between CTAs is fixed up deterministically: each piece stores its fp32 partial
+     in a workspace slot; the last piece to arrive (acq_rel counter per tile) sums all pieces in
+     CTA order, resets the counter to 0 (graph-replay safe) and runs the epilogue.
+  7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
+     stride), RN to bf16; 2-byte stores (swap-AB puts tokens on the accumulator's N side).
+
+Constraints: K % 16 == 0 (x row stride 16-byte aligned for TMA), x/out contiguous; W prepared by
+gemm_sm90_layout.prepare_weight (N padded to 128, K to 128). M, N, K and the grid are run time.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import BFloat16, Float32, Int32, Int64
+from cutlass.cute.nvgpu import cpasync, warpgroup
+
+from .gemm_sm90_epilogue import StreamKEpilogue
+from .gemm_sm90_layout import K_CHUNK, ROW_TILE, STEPS
+from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_v4
+
+__all__ = ["Sm90W4A16Kernel"]
+
+_WG = 128  # threads per warpgroup
+_W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
+_S_CHUNK_BYTES = _WG * 16  # scale codes of one 64-row tile x one K chunk
+
+
+class Sm90W4A16Kernel(StreamKEpilogue):
+    """One compiled variant per (bn, wgs, stages); see gemm_sm90_config.GemmConfig."""
+
+    def __init__(self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0):
+        self.bn, self.wgs, self.stages = bn, wgs, stages
+        self.pdl = pdl
+        # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
+        # 2 = no dequant and no wgmma (pure data movement through the pipeline)
+        self.probe = probe
+        # per_step 1: fence + wgmma per k16 step, 7 in flight under each dequant;
+        # 0: dequant the whole chunk, one fence, 8 chained wgmmas, wait for them;
+        # 2: as 0 but two A fragments: the next chunk's dequant runs under this chunk's wgmmas.
+        self.per_step = per_step
+        self.w_stage_bytes = wgs * (_W_CHUNK_BYTES + _S_CHUNK_BYTES)
+        self.bm = ROW_TILE * wgs
+        self.bk = K_CHUNK
+        self.producer_warp = 4 * wgs
+        self.num_threads = _WG * wgs + 32
+
+    def _mma(self):
+        return sm90_utils.make_trivial_tiled_mma(
+            BFloat16,
+            BFloat16,
+            warpgroup.OperandMajorMode.K,
+            warpgroup.OperandMajorMode.K,
+            Float32,
+            (1, 1, 1),
+            (ROW_TILE, self.bn),
+            warpgroup.OperandSource.RMEM,
+        )
+
+    # ------------------------------------------------------------------ host side
+    @cute.jit
+    def __call__(
+        self,
+        x_ptr: cute.Pointer,  # bf16 [m, k] row-major, 16-byte aligned
+        w_addr: Int64,  # int32 words (Nt, Kc, 2, 128, 4)
+        s_addr: Int64,  # uint8 codes (Nt, Kc, 128, 16)
+        alpha_addr: Int64,  # fp32 [1] or [n]
+        out_addr: Int64,  # bf16 [m, n] row-major
+        ws_addr: Int64,  # fp32 stream-K partials: (m_tiles, grid_x, 2 slots, bm * bn)
+        sem_addr: Int64,  # int32 per (m tile, row tile) counters, zero between launches
+        m: Int32,
+        n: Int32,
+        k: Int32,
+        n_tiles: Int32,  # N_pad / bm
+        k_chunks: Int32,  # K_pad / 128
+        total: Int32,  # n_tiles * k_chunks: (row tile, K chunk) pairs per token tile
+        grid_x: Int32,  # G: stream-K runs (CTAs) per token tile, <= total
+        alpha_stride: Int32,  # 0 for a scalar alpha, 1 per row
+        stream,
+    ):
+        k16 = cute.assume(k, divby=16)
+        mX = cute.make_tensor(x_ptr, cute.make_layout((m, k16), stride=(k16, 1)))
+        b_smem_staged = sm90_utils.make_smem_layout_b(
+            utils.LayoutEnum.ROW_MAJOR, (self.bm, self.bn, self.bk), BFloat16, self.stages
+        )
+        b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
+        tma_atom, tma_x = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileG2SOp(), mX, b_smem_one, (self.bn, self.bk)
+        )
+
+        @cute.struct
+        class SharedStorage:
+            bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
+            flag: cute.struct.MemRange[Int32, 4]
+            sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem_staged)], 1024]
+            sW: cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, self.stages * self.w_stage_bytes], 128]
+
+        self.shared_storage = SharedStorage
+        grid_y = (m + self.bn - 1) // self.bn
+        self.kernel(
+            tma_atom,
+            tma_x,
+            self._mma(),
+            self._mma(),
+            b_smem_staged,
+            w_addr,
+            s_addr,
+            alpha_addr,
+            out_addr,
+            ws_addr,
+            sem_addr,
+            m,
+            n,
+            n_tiles,
+            k_chunks,
+            total,
+            grid_x,
+            alpha_stride,
+        ).launch(grid=[grid_x, grid_y, 1], block=[self.num_threads, 1, 1], stream=stream, use_pdl=self.pdl)
+
+    # ---------------------------------------------------------------- device side
+    @cute.kernel
+    def kernel(
+        self,
+        tma_atom: cute.CopyAtom,
+        tma_x: cute.Tensor,
+        mma_first: cute.TiledMma,  # step 0 of a chunk: overwrites acc on a row tile's first chunk
+        mma_acc: cute.TiledMma,  # steps 1..7: always accumulate
+        b_smem_staged: cute.ComposedLayout,
+        w_addr: Int64,
+        s_addr: Int64,
+        alpha_addr: Int64,
+        out_addr: Int64,
+        ws_addr: Int64,
+        sem_addr: Int64,
+        m: Int32,
+        n: Int32,
+        n_tiles: Int32,
+        k_chunks: Int32,
+        total: Int32,
+        grid_x: Int32,
+        alpha_stride: Int32,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        bid_x, bid_m, _ = cute.arch.block_idx()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == self.producer_warp:
+            cpasync.prefetch_descriptor(tma_atom)
+
+        # ---- this CTA's run of (row tile, K chunk) pairs, linear index g = tile * Kc + kc
+        g_begin = bid_x * total // grid_x
+        nk = (bid_x + 1) * total // grid_x - g_begin
+
+        # ---- shared memory and the activation pipeline
+        smem = utils.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        sB = storage.sB.get_tensor(b_smem_staged.outer, swizzle=b_smem_staged.inner)
+        tx_bytes = cute.size_in_bytes(BFloat16, cute.slice_(b_smem_staged, (None, None, 0)))
+        tx_bytes = tx_bytes + self.w_stage_bytes
+        sw_base = storage.sW.data_ptr().toint()  # 32-bit shared address of the weight stages
+        x_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.bars.data_ptr(),
+            num_stages=self.stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.wgs),
+            tx_count=tx_bytes,
+            cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+            defer_sync=True,
+        )
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1))
+
+        if warp_idx == self.producer_warp:
+            # ================= producer warp: activation tiles by TMA =================
+            gX = cute.local_tile(tma_x, (self.bn, self.bk), (bid_m, None))  # (bn, bk, Kc)
+            tXs, tXg = cpasync.tma_partition(
+                tma_atom,
+                0,
+                cute.make_layout(1),
+                cute.group_modes(sB, 0, 2),
+                cute.group_modes(gX, 0, 2),
+            )
+            prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+            start = Int32(0)
+            if cutlass.const_expr(self.pdl):
+                # PDL: the weights do not depend on the kernel before us, so the first `stages`
+                # chunks of them stream in before griddepcontrol.wait; x (and every later write:
+                # workspace, out) waits for the previous grid.
+                cute.arch.griddepcontrol_launch_dependents()
+                start = cutlass.min(self.stages, nk)
+                for i in cutlass.range(start, unroll=1):
+                    x_pipe.producer_acquire(prod)
+                    self.load_weights(
+                        x_pipe.producer_get_barrier(prod),
+                        prod.index,
+                        g_begin + i,
+                        sw_base,
+                        w_addr,
+                        s_addr,
+                        k_chunks,
+                    )
+                    prod.advance()
+                cute.arch.griddepcontrol_wait()
+                first = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+                for i in cutlass.range(start, unroll=1):
+                    g = g_begin + i
+                    kc = g - (g // k_chunks) * k_chunks
+                    cute.copy(
+                        tma_atom,
+                        tXg[(None, kc)],
+                        tXs[(None, first.index)],
+                        tma_bar_ptr=x_pipe.producer_get_barrier(first),
+                    )
+                    first.advance()
+            for i in cutlass.range(start, nk, unroll=1):
+                g = g_begin + i
+                kc = g - (g // k_chunks) * k_chunks
+                x_pipe.producer_acquire(prod)
+                bar = x_pipe.producer_get_barrier(prod)
+                cute.copy(tma_atom, tXg[(None, kc)], tXs[(None, prod.index)], tma_bar_ptr=bar)
+                self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks)
+                x_pipe.producer_commit(prod)
+                prod.advance()
+        else:
+            # ================= consumer warpgroups: dequant + RS wgmma =================
+            self.consume(
+                mma_first,
+                mma_acc,
+                sB,
+                x_pipe,
+                storage.flag.get_tensor(cute.make_layout(4)),
+                sw_base,
+                alpha_addr,
+                out_addr,
+                ws_addr,
+                sem_addr,
+                m,
+                n,
+                n_tiles,
+                k_chunks,
+                total,
+                grid_x,
+                g_begin,
+                nk,
+                alpha_stride,
+                tidx,
+                bid_x,
+                bid_m,
+            )
+
+    @cute.jit
+    def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks):
+        """Bulk-copy chunk g's packed weights (4 KB) and scale codes (2 KB) of every warpgroup's
+        64-row tile into pipeline stage `stage` (contiguous in gemm_sm90_layout's order)."""
+        tile = g // k_chunks
+        kc = g - tile * k_chunks
+        dst = sw_base + stage * self.w_stage_bytes
+        with cute.arch.elect_one():
+            for wg in cutlass.range_constexpr(self.wgs):
+                lin = Int64(tile * self.wgs + wg) * Int64(k_chunks) + Int64(kc)
+                bulk_g2s(
+                    dst + wg * _W_CHUNK_BYTES,
+                    Int64(w_addr) + lin * _W_CHUNK_BYTES,
+                    _W_CHUNK_BYTES,
+                    bar.toint(),
+                )
+                bulk_g2s(
+                    dst + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES,
+                    Int64(s_addr) + lin * _S_CHUNK_BYTES,
+                    _S_CHUNK_BYTES,
+                    bar.toint(),
+                )
+
+    @cute.jit
+    def consume(
+        self,
+        mma_first,
+        mma_acc,
+        sB,
+        x_pipe,
+        flag,
+        sw_base,
+        alpha_addr,
+        out_addr,
+        ws_addr,
+        sem_addr,
+        m,
+        n,
+        n_tiles,
+        k_chunks,
+        total,
+        grid_x,
+        g_begin,
+        nk,
+        alpha_stride,
+        tidx,
+        bid_x,
+        bid_m,
+    ):
+        wg = tidx // _WG
+        t = tidx % _WG
+        thr_mma = mma_acc.get_slice(t)
+        tCrB = mma_acc.make_fragment_B(thr_mma.partition_B(sB))  # (MMA, MMA_N, 8 steps, STAGES)
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((ROW_TILE, self.bn)), Float32)
+        acc.fill(0.0)
+        mma_acc.set(warpgroup.Field.ACCUMULATE, True)
+        # A fragments (bf16, (8 values, 1, 8 k16 steps)); two when chunks are software-pipelined.
+        frags = [
+            cute.make_rmem_tensor(((2, 2, 2), 1, STEPS), BFloat16)
+            for _ in range(2 if self.per_step == 2 else 1)
+        ]
+        wbuf = cute.make_rmem_tensor((12,), Int32)  # this chunk's 8 nibble words + 4 code words
+        w_thr = sw_base + wg * _W_CHUNK_BYTES + t * 16
+        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + t * 16
+        # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
+        # in a tuple before the loop would keep the stale pre-loop value)
+        ctx = (mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr)
+
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        epi = (
+            flag,
+            alpha_addr,
+            out_addr,
+            ws_addr,
+            sem_addr,
+            m,
+            n,
+            n_tiles,
+            k_chunks,
+            total,
+            grid_x,
+            g_begin,
+            nk,
+            alpha_stride,
+            tidx,
+            wg,
+            t,
+            bid_x,
+            bid_m,
+            thr_mma,
+        )
+        if cutlass.const_expr(self.per_step == 2):
+            # Software-pipelined chunks: chunk i+1 is read and dequantized into the other A
+            # fragment while chunk i's 8 wgmmas run (wait_group(1) at each chunk's end).
+            n_main = nk - nk % 2
+            for i0 in cutlass.range(0, n_main, 2, unroll=1):
+                for d in cutlass.range_constexpr(2):
+                    i = i0 + d
+                    g = g_begin + i
+                    kc = g - (g // k_chunks) * k_chunks
+                    mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                    self.chunk(ctx, mma_first, frags[d], read, 1)
+                    if i > 0:  # chunk i-1 retired by the wait above: its stage is free
+                        x_pipe.consumer_release(release)
+                        release.advance()
+                    read.advance()
+                    if (kc == k_chunks - 1) | (i == nk - 1):  # a row tile's run ends: flush
+                        warpgroup.wait_group(0)
+                        self.flush(acc, g_begin + i, epi)
+            warpgroup.wait_group(0)
+            if nk > n_main:  # odd tail chunk: nothing in flight around its branches
+                g = g_begin + n_main
+                kc = g - (g // k_chunks) * k_chunks
+                mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                self.chunk(ctx, mma_first, frags[0], read, 0)
+                if n_main > 0:
+                    x_pipe.consumer_release(release)
+                    release.advance()
+                read.advance()
+                self.flush(acc, g_begin + n_main, epi)
+        else:
+            for i in cutlass.range(nk, unroll=1):
+                g = g_begin + i
+                kc = g - (g // k_chunks) * k_chunks
+                mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                self.chunk(ctx, mma_first, frags[0], read, 0)
+                if i > 0:  # chunk i-1's wgmmas have retired: its stage is free
+                    x_pipe.consumer_release(release)
+                    release.advance()
+                read.advance()
+                if (kc == k_chunks - 1) | (i == nk - 1):  # a row tile's run ends: flush
+                    warpgroup.wait_group(0)
+                    self.flush(acc, g_begin + i, epi)
+        warpgroup.wait_group(0)
+
+    @cute.jit
+    def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
+        """One 128-wide K chunk: its 48 bytes from shared memory, dequant, 8 RS wgmmas."""
+        mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
+        frag_u = cute.make_tensor(cute.recast_ptr(frag_a.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
+        x_pipe.consumer_wait(read)
+        stage = read.index * self.w_stage_bytes
+        if cutlass.const_expr(self.probe == 2):
+            return
+        for slot in cutlass.range_constexpr(2):
+            v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
+            for j in cutlass.range_constexpr(4):
+                wbuf[4 * slot + j] = v[j]
+        v = ld_shared_v4(s_thr + stage)
+        for j in cutlass.range_constexpr(4):
+            wbuf[8 + j] = v[j]
+        if cutlass.const_expr(self.per_step == 1):
+            for s in cutlass.range_constexpr(STEPS):
+                # A registers of step s are free once <= 7 wgmma groups are pending
+                warpgroup.wait_group(STEPS - 1)
+                r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                for j in cutlass.range_constexpr(4):
+                    frag_u[4 * s + j] = r[j]
+                warpgroup.fence()
+                if s == 0:
+                    cute.gemm(mma_first, acc, frag_a[None, None, 0], tCrB[None, None, 0, read.index], acc)
+                else:
+                    cute.gemm(mma_acc, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+                warpgroup.commit_group()
+            warpgroup.wait_group(STEPS - 1)  # chunk i-1 fully retired (its stage may go)
+        else:
+            for s in cutlass.range_constexpr(STEPS):
+                r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                for j in cutlass.range_constexpr(4):
+                    frag_u[4 * s + j] = r[j]
+            if cutlass.const_expr(self.probe == 1):
+                return
+            warpgroup.fence()
+            cute.gemm(mma_first, acc, frag_a[None, None, 0], tCrB[None, None, 0, read.index], acc)
+            for s in cutlass.range_constexpr(1, STEPS):
+                cute.gemm(mma_acc, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+            warpgroup.commit_group()
+            warpgroup.wait_group(keep_in_flight)

@@ -1,0 +1,215 @@
+"""Inline-PTX building blocks of the SM90 W4A16 GEMM (CuTe DSL has no e2m1 dequant, no .nc/.cg
+vector loads by raw address, and we want each instruction chosen, not inferred).
+
+Every function is a `dsl_user_op` usable inside `@cute.kernel` code; all take/return Int32/Int64/
+Float32 DSL scalars. The bit formats are documented in gemm_sm90_layout.py and emulated there in
+torch (`emulate_dequant`), which is what the CPU tests check.
+"""
+
+from __future__ import annotations
+
+from cutlass import Float32, Int32, Int64
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T, dsl_user_op
+
+__all__ = [
+    "ld_nc_v4",
+    "dequant_step",
+    "ld_nc_f32",
+    "st_bf16",
+    "st_cg_f32",
+    "ld_cg_f32",
+    "atomic_add_acq_rel",
+    "st_relaxed_u32",
+    "bulk_g2s",
+    "ld_shared_v4",
+]
+
+
+def _i32s(struct, n, loc, ip):
+    return [Int32(llvm.extractvalue(T.i32(), struct, [i], loc=loc, ip=ip)) for i in range(n)]
+
+
+@dsl_user_op
+def ld_nc_v4(addr: Int64, *, loc=None, ip=None) -> list:
+    """16-byte streaming load of read-only weights (no L1 allocation): 4 x Int32."""
+    res = llvm.inline_asm(
+        llvm.StructType.get_literal([T.i32()] * 4),
+        [Int64(addr).ir_value(loc=loc, ip=ip)],
+        "ld.global.nc.L1::no_allocate.v4.u32 {$0, $1, $2, $3}, [$4];",
+        "=r,=r,=r,=r,l",
+        has_side_effects=False,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+    return _i32s(res, 4, loc, ip)
+
+
+@dsl_user_op
+def dequant_step(word: Int32, sw_g: Int32, sw_g8: Int32, byte: int, *, loc=None, ip=None) -> list:
+    """One k16 step: 8 nibbles (one word) + the scale-code words of rows g and g+8 -> the four
+    bf16x2 A-fragment registers (g | g+8 | g | g+8), each = e2m1 * scale * 2^-7 exactly.
+
+    Scale: prmt puts code `byte` in both halves, (c << 4) + 0x7680 is bf16 scale * 2^119.
+    Nibbles: see gemm_sm90_layout (r0 = w<<6, r1 = w<<3, r2 = w, r3 = 3 shifts; & 0x81C081C0).
+    """
+    sel = byte | (4 << 4) | (byte << 8) | (4 << 12)  # bytes: code, 0, code, 0
+    asm = (
+        "{\n"
+        ".reg .b32 z, sg, sh, t0, t1, t2, t3, a, b, c;\n"
+        "mov.b32 z, 0;\n"
+        f"prmt.b32 sg, $5, z, {sel};\n"
+        f"prmt.b32 sh, $6, z, {sel};\n"
+        "shl.b32 sg, sg, 4;\n"
+        "add.u32 sg, sg, 0x76807680;\n"
+        "shl.b32 sh, sh, 4;\n"
+        "add.u32 sh, sh, 0x76807680;\n"
+        "shl.b32 t0, $4, 6;\n"
+        "and.b32 t0, t0, 0x81C081C0;\n"
+        "shl.b32 t1, $4, 3;\n"
+        "and.b32 t1, t1, 0x81C081C0;\n"
+        "and.b32 t2, $4, 0x81C081C0;\n"
+        "shr.b32 a, $4, 4;\n"
+        "and.b32 a, a, 0x00C000C0;\n"
+        "shr.b32 b, $4, 5;\n"
+        "and.b32 b, b, 0x01000100;\n"
+        "shl.b32 c, $4, 1;\n"
+        "and.b32 c, c, 0x80008000;\n"
+        "or.b32 t3, a, b;\n"
+        "or.b32 t3, t3, c;\n"
+        "mul.rn.bf16x2 $0, t0, sg;\n"
+        "mul.rn.bf16x2 $1, t1, sh;\n"
+        "mul.rn.bf16x2 $2, t2, sg;\n"
+        "mul.rn.bf16x2 $3, t3, sh;\n"
+        "}\n"
+    )
+    res = llvm.inline_asm(
+        llvm.StructType.get_literal([T.i32()] * 4),
+        [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, sw_g, sw_g8)],
+        asm,
+        "=r,=r,=r,=r,r,r,r",
+        # volatile: keeps LLVM from sinking the dequant between wgmmas (ptxas would then
+        # serialize them, warning C7513)
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+    return _i32s(res, 4, loc, ip)
+
+
+@dsl_user_op
+def ld_nc_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
+    return Float32(
+        llvm.inline_asm(
+            T.f32(),
+            [Int64(addr).ir_value(loc=loc, ip=ip)],
+            "ld.global.nc.f32 $0, [$1];",
+            "=f,l",
+            has_side_effects=False,
+            is_align_stack=False,
+            asm_dialect=llvm.AsmDialect.AD_ATT,
+        )
+    )
+
+
+@dsl_user_op
+def st_bf16(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
+    """Round-to-nearest-even fp32 -> bf16 and a 2-byte store."""
+    llvm.inline_asm(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
+        "{\n.reg .b16 h;\ncvt.rn.bf16.f32 h, $1;\nst.global.b16 [$0], h;\n}\n",
+        "l,f",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+
+
+@dsl_user_op
+def st_cg_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
+    llvm.inline_asm(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
+        "st.global.cg.f32 [$0], $1;",
+        "l,f",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+
+
+@dsl_user_op
+def ld_cg_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
+    """L2-coherent load (skips L1, which may hold nothing stale: we never read these lines before)."""
+    return Float32(
+        llvm.inline_asm(
+            T.f32(),
+            [Int64(addr).ir_value(loc=loc, ip=ip)],
+            "ld.global.cg.f32 $0, [$1];",
+            "=f,l",
+            has_side_effects=True,
+            is_align_stack=False,
+            asm_dialect=llvm.AsmDialect.AD_ATT,
+        )
+    )
+
+
+@dsl_user_op
+def atomic_add_acq_rel(addr: Int64, value: Int32, *, loc=None, ip=None) -> Int32:
+    return Int32(
+        llvm.inline_asm(
+            T.i32(),
+            [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
+            "atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;",
+            "=r,l,r",
+            has_side_effects=True,
+            is_align_stack=False,
+            asm_dialect=llvm.AsmDialect.AD_ATT,
+        )
+    )
+
+
+@dsl_user_op
+def st_relaxed_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
+    llvm.inline_asm(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
+        "st.relaxed.gpu.global.u32 [$0], $1;",
+        "l,r",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+
+
+@dsl_user_op
+def bulk_g2s(dst_smem: Int32, src: Int64, nbytes: int, mbar_smem: Int32, *, loc=None, ip=None) -> None:
+    """1-D bulk copy global -> shared (no tensor map), completing `nbytes` on the mbarrier."""
+    llvm.inline_asm(
+        None,
+        [
+            Int32(dst_smem).ir_value(loc=loc, ip=ip),
+            Int64(src).ir_value(loc=loc, ip=ip),
+            Int32(mbar_smem).ir_value(loc=loc, ip=ip),
+        ],
+        f"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], {nbytes}, [$2];",
+        "r,l,r",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+
+
+@dsl_user_op
+def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
+    res = llvm.inline_asm(
+        llvm.StructType.get_literal([T.i32()] * 4),
+        [Int32(addr).ir_value(loc=loc, ip=ip)],
+        "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];",
+        "=r,=r,=r,=r,r",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+    return _i32s(res, 4, loc, ip)

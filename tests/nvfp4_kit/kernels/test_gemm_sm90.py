@@ -1,0 +1,156 @@
+"""SM90 W4A16 GEMM: configs, stream-K cut, CPU compile of every shipped config, call guards; and,
+on a GPU (`gpu` marker), results against the reference, special blocks and CUDA-graph replay."""
+
+import pytest
+import torch
+
+from nvfp4_kit import reference
+from nvfp4_kit.kernels import gemm_sm90 as G
+from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig, stream_k_grid
+
+cutlass = pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl not installed")
+
+
+# ------------------------------------------------------------------------------------ CPU
+def test_config_dict_round_trip_and_validation():
+    cfg = GemmConfig(16, 1, 7, 3)
+    assert GemmConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.name == "bn16_wg1_st7_p2_pdl_c3"
+    for bad in ({"bn": 24}, {"wgs": 3}, {"stages": 1}, {"bn": 128, "stages": 12}, {"ctas_per_sm": 0}):
+        with pytest.raises(ValueError):
+            GemmConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        GemmConfig.from_dict({"bn": 16, "split": 2})
+
+
+@pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 1000, 8192])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
+def test_stream_k_grid_covers_work_once(m, n, k):
+    for cfg in G.candidate_configs(m, n, k):
+        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step) in COMPILED_SHAPES
+        grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
+        assert total == n_tiles * (-(-k // 128)) and 1 <= grid <= total  # no empty CTA
+        starts = [c * total // grid for c in range(grid + 1)]
+        assert starts[0] == 0 and starts[-1] == total  # runs tile [0, total)
+        lengths = [starts[c + 1] - starts[c] for c in range(grid)]
+        assert max(lengths) - min(lengths) <= 1  # balanced to one chunk
+        for g in range(0, total, max(1, total // 97)):  # the kernel's owner formula
+            c = ((g + 1) * grid - 1) // total
+            assert starts[c] <= g < starts[c + 1]
+        assert grid * -(-m // cfg.bn) <= max(132 * cfg.ctas_per_sm, -(-m // cfg.bn))  # <= 1 wave
+    assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
+
+
+def test_every_config_compiles_for_sm90a():
+    keys = G.precompile("sm_90a")
+    assert len(keys) == len(COMPILED_SHAPES)
+
+
+def test_check_shape():
+    G.check_shape(4096, 4096)
+    G.check_shape(200, 272)
+    with pytest.raises(ValueError, match="k="):
+        G.check_shape(64, 24)
+    with pytest.raises(ValueError, match="n="):
+        G.check_shape(0, 64)
+
+
+def test_call_guards_name_the_argument():
+    q = reference.quantize_weight(torch.randn(128, 256))
+    w, s = G.prepare_weight(q["weight"], q["weight_scale"])
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    alpha = torch.ones(1)
+    out = torch.empty(3, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="x:"):
+        G.gemm_w4a16_out(x.float(), w, s, alpha, out)
+    with pytest.raises(ValueError, match="out:"):
+        G.gemm_w4a16_out(x, w, s, alpha, out[:2])
+    with pytest.raises(ValueError, match="w:"):
+        G.gemm_w4a16_out(x, w[:1], s, alpha, out)
+    with pytest.raises(ValueError, match="w_scale:"):
+        G.gemm_w4a16_out(x, w, s.view(torch.int8), alpha, out)
+    with pytest.raises(ValueError, match="alpha:"):
+        G.gemm_w4a16_out(x, w, s, torch.ones(7), out)
+    with pytest.raises(ValueError, match="CUDA"):
+        G.gemm_w4a16_out(x, w, s, alpha, out)  # CPU tensors: a clear error, not a crash
+
+
+def test_workspace_bytes_bounds_every_m():
+    cfg = GemmConfig(8, 1, 8, 3)
+    need = G.workspace_bytes(64, 4096, cfg)
+    for m in range(1, 65):
+        e, t = G._ws_need(m, 4096, 4096, cfg, 132)
+        assert 4 * (e + t) <= need
+
+
+# ------------------------------------------------------------------------------------ GPU
+def _case(m, n, k, device="cuda", seed=0):
+    torch.manual_seed(seed)
+    q = reference.quantize_weight(torch.randn(n, k, device=device))
+    w, s = G.prepare_weight(q["weight"], q["weight_scale"])
+    x = torch.randn(m, k, device=device).to(torch.bfloat16)
+    return q, w, s, x
+
+
+def _ref(x, q, alpha):
+    deq = reference.dequantize(q["weight"], q["weight_scale"])
+    return (x.float() @ deq.T) * alpha.float().reshape(1, -1)
+
+
+def _assert_close_to_reference(out, ref):
+    # bf16 output of an fp32 accumulation: relative error of a bf16 rounding, never a NaN mismatch
+    assert torch.equal(torch.isnan(out.float()), torch.isnan(ref))
+    fin = torch.isfinite(ref)
+    err = (out.float() - ref)[fin].norm() / ref[fin].norm().clamp(min=1e-30)
+    assert err < 4e-3, err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (200, 272)])
+@pytest.mark.parametrize("m", [1, 7, 16, 199])
+def test_gpu_matches_reference(m, n, k):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    q, w, s, x = _case(m, n, k)
+    for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
+        ref = _ref(x, q, alpha)
+        for cfg in G.candidate_configs(m, n, k)[:3]:
+            out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+            G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+            _assert_close_to_reference(out, ref)
+
+
+@pytest.mark.gpu
+def test_gpu_special_blocks():
+    from nvfp4_kit.formats import pack_e2m1
+
+    n, k, m = 128, 256, 5
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    sf = (torch.rand(n, k // 16) * 400 + 1).to(torch.float8_e4m3fn)
+    codes[3, :16], sf[3, 0] = 8, 0.0  # zero block
+    sf[5, 2] = float("nan")  # NaN scale -> NaN row
+    codes[7, :], sf[7, :] = 7, 448.0  # saturated
+    q = {"weight": pack_e2m1(codes).cuda(), "weight_scale": sf.cuda()}
+    w, s = G.prepare_weight(q["weight"], q["weight_scale"])
+    x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    alpha = torch.ones(1, device="cuda")
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    G.gemm_w4a16_out(x, w, s, alpha, out, GemmConfig(8, 1, 8, 3))
+    _assert_close_to_reference(out, _ref(x, q, alpha))
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replay_equals_eager():
+    q, w, s, x = _case(3, 4096, 4096)
+    alpha = torch.ones(1, device="cuda")
+    cfg = GemmConfig(8, 1, 8, 3)  # stream-K pieces: the tile counters must reset
+    eager = torch.empty(3, 4096, dtype=torch.bfloat16, device="cuda")
+    G.gemm_w4a16_out(x, w, s, alpha, eager, cfg)
+    out = torch.empty_like(eager)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+    for _ in range(3):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)  # deterministic fix-up: bit-identical every time
