@@ -113,11 +113,11 @@ def reference_weights(path: Path, quantize: bool, device: str = "cpu"
 
 
 def _engine_run(model: str, mode: str, nvfp4_dir: bool, prompts: list[list[int]], max_tokens: int,
-                device: str) -> tuple[list[list[int]], list[list[torch.Tensor]], str]:
+                device: str, dtype: str = "auto") -> tuple[list[list[int]], list[list[torch.Tensor]], str]:
     from .llm import LLM
     from .sampling_params import SamplingParams
 
-    opts = dict(device=device, max_num_seqs=4, max_num_batched_tokens=32, max_model_len=512,
+    opts = dict(device=device, dtype=dtype, max_num_seqs=4, max_num_batched_tokens=32, max_model_len=512,
                 kv_cache_blocks=256, enable_prefix_caching=False)
     if mode != "bf16":
         opts["nvfp4_mode"] = mode
@@ -170,7 +170,7 @@ def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: li
 
 
 def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
-             ref_device: str = "cpu") -> ModeResult:
+             ref_device: str = "cpu", dtype: str = "auto") -> ModeResult:
     from .config import QuantConfig
     from .tokenizer import load_tokenizer
 
@@ -182,7 +182,7 @@ def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
         return ModeResult(mode, "-", error="w4a4 needs calibrated input_scale: use an NVFP4 checkpoint")
     tok = load_tokenizer(path)
     prompts = [tok(p).input_ids for p in PROMPTS]
-    tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device)
+    tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device, dtype)
     cfg, sd, in_scales = reference_weights(path, quantize=(mode != "bf16" and not nvfp4_dir),
                                            device=ref_device)
     ref = _reference_logits(cfg, sd, in_scales if mode != "bf16" else {}, mode == "w4a4",
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--device", default="auto", help="engine device")
     ap.add_argument("--ref-device", default="cpu", help="reference device (fp32; cuda for the 8B preset)")
+    ap.add_argument("--dtype", default="auto",
+                    help="engine activation dtype (auto: bf16 on CUDA, fp32 on CPU); float32 on CUDA "
+                         "isolates the kit's kernels from bf16 drift of the residual stream")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.modes:
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             model = args.model or f"{tmp}/{'bf16' if mode == 'bf16' else 'nvfp4'}"
             try:
-                results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device))
+                results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device, args.dtype))
             except ValueError as exc:
                 results.append(ModeResult(mode, "-", error=str(exc)))
     print_table(results)

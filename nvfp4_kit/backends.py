@@ -90,6 +90,11 @@ class Fp4QuantBackend(_ParseMixin, str, enum.Enum):
         return _QUANT_NAMES[self]
 
 
+# Verified against the released wheels: vLLM 0.33.0 `LinearBackend` (vllm/config/kernel.py) and its NVFP4
+# kernel classes (vllm/model_executor/kernels/linear/nvfp4/), SGLang 0.5.23 `Fp4GemmRunnerBackend`
+# (srt/layers/quantization/fp4_utils.py), FlashInfer 0.7.2.post1 `mm_fp4(backend=...)`. "nvfp4_kit" exists in
+# vLLM/SGLang only with patches/ applied. vLLM's "emulation" backend (dequantize to bf16) is not our
+# reference (different rounding of activations), so REFERENCE has no engine spelling.
 _GEMM_NAMES: dict[Fp4GemmBackend, EngineNames] = {
     Fp4GemmBackend.AUTO: EngineNames(vllm="auto", sglang="auto", flashinfer="auto"),
     Fp4GemmBackend.NVFP4_KIT: EngineNames(
@@ -118,10 +123,15 @@ _GEMM_NAMES: dict[Fp4GemmBackend, EngineNames] = {
     Fp4GemmBackend.REFERENCE: EngineNames(),
 }
 
+# Verified against the released wheels (vllm 0.33.0, sglang 0.5.23, flashinfer-python 0.7.2.post1):
+# neither engine has a user-facing activation-quantize option, so only the kit's own backend has engine
+# spellings (the GEMM value that routes quantization through the kit too). FlashInfer's fp4_quantize
+# accepts backend="cuda" | "cute-dsl" only (no "auto"). SGLang picks cute-dsl on SM100 and cuda elsewhere,
+# whatever --fp4-gemm-backend says, so "flashinfer_cutedsl" is not a quantize spelling there.
 _QUANT_NAMES: dict[Fp4QuantBackend, EngineNames] = {
-    Fp4QuantBackend.AUTO: EngineNames(flashinfer="auto"),
+    Fp4QuantBackend.AUTO: EngineNames(),
     Fp4QuantBackend.NVFP4_KIT: EngineNames(vllm="nvfp4_kit", sglang="nvfp4_kit"),
-    Fp4QuantBackend.FLASHINFER_CUTEDSL: EngineNames(sglang="flashinfer_cutedsl", flashinfer="cute-dsl"),
+    Fp4QuantBackend.FLASHINFER_CUTEDSL: EngineNames(flashinfer="cute-dsl"),
     Fp4QuantBackend.FLASHINFER_CUDA: EngineNames(flashinfer="cuda"),
     Fp4QuantBackend.REFERENCE: EngineNames(),
 }
