@@ -14,10 +14,18 @@ flips an e2m1 code, and RMSNorm amplifies it). W4A4: the bf16 input is then fake
 reference.quantize_dequantize under the global scale the engine uses, 1/input_scale, where a fused
 GEMM (qkv, gate_up) takes the max of its shards' input_scale.
 
-Criteria, per generated position, with s = max |reference logit| at that position:
-- logits: max |engine - reference| <= tol * s   (tol per engine dtype and mode: TOLERANCES)
+Noise floor: the reference also runs a second time with its NVFP4 GEMMs accumulated in float64
+instead of float32, i.e. the same math in another legal summation order, as any other kernel has.
+Its deviation from the first run, floor = max |ref64 - ref| / s, is what an exact implementation can
+differ by on this model. On shallow models it is ~1e-4; on deep random-weight W4A4 models it is large
+(32 layers, hidden 512, CPU: 0.19, with argmax flips), because a one-ulp bf16 difference at a GEMM
+output can move an e2m1 code downstream and the change compounds over layers.
+
+Criteria, per generated position, with s = max |reference logit| at that position and
+tol_eff = max(tol, 2 * floor):
+- logits: max |engine - reference| <= tol_eff * s   (tol per engine dtype and mode: TOLERANCES)
 - tokens: engine token == reference argmax, or a flip with margin ref[argmax] - ref[engine token]
-  < delta = 2 * tol * s (two logits each within tol*s can swap only then); flips are listed.
+  < delta = 2 * tol_eff * s (two logits each within tol_eff*s can swap only then); flips are listed.
 Exit status 1 when any mode fails.
 """
 
@@ -64,12 +72,17 @@ class ModeResult:
     bad_flips: int = 0
     max_rel_err: float = 0.0
     tol: float = 0.0
+    noise_floor: float = 0.0  # max |ref(fp64 accumulation) - ref| / s: what exact math may differ by
     error: str | None = None
+
+    @property
+    def tol_eff(self) -> float:
+        return max(self.tol, 2 * self.noise_floor)
 
     @property
     def passed(self) -> bool:
         ok = self.error is None and self.bad_flips == 0 and self.positions > 0
-        return ok and self.max_rel_err <= self.tol
+        return ok and self.max_rel_err <= self.tol_eff
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -142,9 +155,16 @@ def _engine_run(model: str, mode: str, nvfp4_dir: bool, prompts: list[list[int]]
     return tokens, recorded, dtype
 
 
+def _fp64_accumulating_forward(mod):
+    """nn.Linear forward that sums in float64 (weights upcast per call: no resident fp64 copy)."""
+    def forward(x):
+        return torch.nn.functional.linear(x.double(), mod.weight.double()).float()
+    return forward
+
+
 @torch.no_grad()
 def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: list[list[int]],
-                      device: str):
+                      device: str, fp64_accumulation: bool = False):
     from nvfp4_kit import reference
 
     from .make_checkpoint import hf_llama
@@ -162,6 +182,8 @@ def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: li
                 x = x2.reshape(x.shape)
             return (x.float(),)
 
+        if fp64_accumulation:
+            mod.forward = _fp64_accumulating_forward(mod)
         mod.register_forward_pre_hook(bf16_input)
         mod.register_forward_hook(lambda _m, _a, y: y.to(torch.bfloat16).float())  # and returns bf16
     out = [model(torch.tensor([s], device=device)).logits[0].float().cpu() for s in seqs]
@@ -185,9 +207,15 @@ def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
     tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device, dtype)
     cfg, sd, in_scales = reference_weights(path, quantize=(mode != "bf16" and not nvfp4_dir),
                                            device=ref_device)
-    ref = _reference_logits(cfg, sd, in_scales if mode != "bf16" else {}, mode == "w4a4",
-                            [p + t[:-1] for p, t in zip(prompts, tokens, strict=False)], ref_device)
+    seqs = [p + t[:-1] for p, t in zip(prompts, tokens, strict=False)]
+    scales = in_scales if mode != "bf16" else {}
+    ref = _reference_logits(cfg, sd, scales, mode == "w4a4", seqs, ref_device)
+    ref64 = _reference_logits(cfg, sd, scales, mode == "w4a4", seqs, ref_device, fp64_accumulation=True)
     res = ModeResult(mode, dtype, tol=TOLERANCES[(dtype, mode)])
+    for p, toks, r, r64 in zip(prompts, tokens, ref, ref64, strict=False):
+        rows = slice(len(p) - 1, len(p) - 1 + len(toks))
+        floor = ((r64[rows] - r[rows]).abs().amax(-1) / r[rows].abs().amax(-1)).max().item()
+        res.noise_floor = max(res.noise_floor, floor)
     for i, (p, toks, lg, r) in enumerate(zip(prompts, tokens, eng_logits, ref, strict=False)):
         for j, (tk, e) in enumerate(zip(toks, lg, strict=False)):
             rj = r[len(p) - 1 + j]
@@ -198,7 +226,7 @@ def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
             if tk == top:
                 res.exact += 1
                 continue
-            margin, delta = (rj[top] - rj[tk]).item(), 2 * res.tol * scale
+            margin, delta = (rj[top] - rj[tk]).item(), 2 * res.tol_eff * scale
             res.flips.append((i, j, margin, delta))
             res.bad_flips += margin >= delta
     return res
@@ -206,16 +234,16 @@ def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
 
 def print_table(results: list[ModeResult]) -> None:
     head = (f"{'mode':6} {'dtype':9} {'positions':>9} {'exact':>6} {'flips':>6} "
-            f"{'max|dlogit|/max|ref|':>21} {'tol':>7}  result")
+            f"{'max|dlogit|/max|ref|':>21} {'floor':>8} {'tol':>7}  result")
     print(head)
     print("-" * len(head))
     for r in results:
         if r.error:
-            print(f"{r.mode:6} {r.engine_dtype:9} {'-':>9} {'-':>6} {'-':>6} {'-':>21} {'-':>7}  "
+            print(f"{r.mode:6} {r.engine_dtype:9} {'-':>9} {'-':>6} {'-':>6} {'-':>21} {'-':>8} {'-':>7}  "
                   f"FAIL: {r.error}")
             continue
         print(f"{r.mode:6} {r.engine_dtype:9} {r.positions:9d} {r.exact:6d} {len(r.flips):6d} "
-              f"{r.max_rel_err:21.2e} {r.tol:7.0e}  {'PASS' if r.passed else 'FAIL'}")
+              f"{r.max_rel_err:21.2e} {r.noise_floor:8.1e} {r.tol_eff:7.1e}  {'PASS' if r.passed else 'FAIL'}")
         for prompt, pos, margin, delta in r.flips:
             verdict = "accepted" if margin < delta else "REJECTED"
             print(f"    flip: prompt {prompt} position {pos}: reference margin {margin:.4g} "
@@ -266,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(ModeResult(mode, "-", error=str(exc)))
     print_table(results)
     if args.json:
-        args.json.write_text(json.dumps([{**r.__dict__, "passed": r.passed} for r in results], indent=1))
+        args.json.write_text(json.dumps(
+            [{**r.__dict__, "tol_eff": r.tol_eff, "passed": r.passed} for r in results], indent=1))
     return 0 if all(r.passed for r in results) else 1
 
 
