@@ -271,7 +271,8 @@ def describe(max_m: int = 8192) -> list[dict[str, Any]]:
                 prev["m_max"] = bucket
                 continue
             prev = {
-                "_ident": ident, "layers": ",".join(names) or "-", "arch": key.family, "n": key.n,
+                "_ident": ident, "layers": ",".join(names) or "-", "num_layers": len(names),
+                "arch": key.family, "n": key.n,
                 "k": key.k, "mode": key.mode, "m_min": bucket // 2 + 1 if bucket > 1 else 1,
                 "m_max": bucket, "backend": c.backend.value, "config": config, "source": c.source,
                 "why": c.why,
@@ -280,6 +281,11 @@ def describe(max_m: int = 8192) -> list[dict[str, Any]]:
     for r in rows:
         del r["_ident"]
     return rows
+
+
+def _short_layers(row: dict[str, Any]) -> str:
+    first = row["layers"].split(",")[0]
+    return first if row["num_layers"] <= 1 else f"{first} and {row['num_layers'] - 1} more"
 
 
 def describe_text(max_m: int = 8192) -> str:
@@ -292,7 +298,7 @@ def describe_text(max_m: int = 8192) -> str:
         upper = "+" if r["m_max"] == M_BUCKETS[-1] else f"-{r['m_max']}"
         lines.append(
             f"  {r['arch']} N={r['n']} K={r['k']} {r['mode']} M={r['m_min']}{upper}: {r['backend']}"
-            f" [{r['config']}] {r['source']}: {r['why']} ({r['layers']})"
+            f" [{r['config']}] {r['source']}: {r['why']} ({_short_layers(r)})"
         )
     return "\n".join(lines)
 

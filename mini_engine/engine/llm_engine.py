@@ -56,6 +56,11 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self.prompt_tokens_total = 0
         self.generated_tokens_total = 0
+        # Which NVFP4 kernel serves which layer shape and M range, and why (users of vLLM/SGLang
+        # cannot tell which NVFP4 kernel ran; here it is in the load log and in /metrics).
+        from nvfp4_kit import dispatch
+
+        log.info("%s", dispatch.describe_text(config.max_num_batched_tokens))
 
     def _load_tokenizer(self):
         c = self.config
