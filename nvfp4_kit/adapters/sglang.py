@@ -40,7 +40,6 @@ import dataclasses
 import functools
 import logging
 import pkgutil
-import sys
 
 import torch
 
@@ -247,17 +246,8 @@ def install() -> None:
         wrapped = _wrap(current, hook)
         setattr(owner, attr, wrapped)
         if not isinstance(owner, type):  # a module function: fix `from ... import name` copies too
-            _rebind(current, wrapped)
+            layer_prep.rebind_imported_names(current, wrapped)
 
-
-def _rebind(original: object, replacement: object) -> None:
-    for mod in list(sys.modules.values()):
-        try:
-            names = [k for k, v in vars(mod).items() if v is original]
-        except TypeError:
-            continue
-        for k in names:
-            setattr(mod, k, replacement)
 
 
 def register_hooks() -> None:

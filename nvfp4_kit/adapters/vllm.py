@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import importlib
 import logging
-import sys
 from collections.abc import Callable
 
 import torch
@@ -153,16 +152,6 @@ def _make_selector(original: Callable, module) -> Callable:
     return init_nvfp4_linear_kernel
 
 
-def _rebind(original: object, replacement: object) -> None:
-    """Point every loaded module's `from ... import init_nvfp4_linear_kernel` binding at the wrapper."""
-    for mod in list(sys.modules.values()):
-        try:
-            names = [k for k, v in vars(mod).items() if v is original]
-        except TypeError:
-            continue
-        for k in names:
-            setattr(mod, k, replacement)
-
 
 def register(module=None) -> None:
     """Make the kit selectable in this process. Idempotent; called by the patch or the plugin.
@@ -178,5 +167,5 @@ def register(module=None) -> None:
     current = module.init_nvfp4_linear_kernel
     if getattr(current, "__nvfp4_kit_original__", None) is None:
         wrapped = _make_selector(current, module)
-        _rebind(current, wrapped)
+        layer_prep.rebind_imported_names(current, wrapped)
         module.init_nvfp4_linear_kernel = wrapped
