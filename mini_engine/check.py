@@ -243,7 +243,8 @@ def print_table(results: list[ModeResult]) -> None:
                   f"FAIL: {r.error}")
             continue
         print(f"{r.mode:6} {r.engine_dtype:9} {r.positions:9d} {r.exact:6d} {len(r.flips):6d} "
-              f"{r.max_rel_err:21.2e} {r.noise_floor:8.1e} {r.tol_eff:7.1e}  {'PASS' if r.passed else 'FAIL'}")
+              f"{r.max_rel_err:21.2e} {r.noise_floor:8.1e} {r.tol_eff:7.1e}  "
+              f"{'PASS' if r.passed else 'FAIL'}")
         for prompt, pos, margin, delta in r.flips:
             verdict = "accepted" if margin < delta else "REJECTED"
             print(f"    flip: prompt {prompt} position {pos}: reference margin {margin:.4g} "
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             model = args.model or f"{tmp}/{'bf16' if mode == 'bf16' else 'nvfp4'}"
             try:
-                results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device, args.dtype))
+                results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device,
+                                        args.dtype))
             except ValueError as exc:
                 results.append(ModeResult(mode, "-", error=str(exc)))
     print_table(results)

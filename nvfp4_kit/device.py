@@ -12,7 +12,7 @@ from .backends import arch_family
 __all__ = ["capability", "family", "cute_arch", "is_capturing"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 

@@ -107,7 +107,7 @@ class TuningTable:
         return (int(e["n"]), int(e["k"]), e["dtype"], e["mode"], int(e["m_bucket"]))
 
     @classmethod
-    def load(cls, path: Path, family: str, check_versions: bool = True) -> "TuningTable":
+    def load(cls, path: Path, family: str, check_versions: bool = True) -> TuningTable:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -153,7 +153,7 @@ def user_table_path(family: str) -> Path:
     return env.cache_dir() / "tuning" / name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tables(family: str) -> tuple[TuningTable, TuningTable]:
     user = TuningTable.load(user_table_path(family), family) if not env.disable_disk_cache() else None
     default_path = _DEFAULT_TABLES.get(family)

@@ -61,7 +61,7 @@ class ScaleLayout(str, enum.Enum):
     SWIZZLED_128x4 = "swizzled_128x4"
 
     @classmethod
-    def parse(cls, value: "str | ScaleLayout") -> "ScaleLayout":
+    def parse(cls, value: str | ScaleLayout) -> ScaleLayout:
         try:
             return cls(value)
         except ValueError:
@@ -96,7 +96,7 @@ def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
     return table[codes.long()]
 
 
-def scale_shape(rows: int, k: int, layout: "str | ScaleLayout") -> tuple[int, int]:
+def scale_shape(rows: int, k: int, layout: str | ScaleLayout) -> tuple[int, int]:
     """Shape of the block-scale tensor of a [rows, k] NVFP4 tensor in the given layout."""
     layout = ScaleLayout.parse(layout)
     if layout is ScaleLayout.LINEAR:

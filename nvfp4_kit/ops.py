@@ -28,10 +28,19 @@ from typing import Optional
 
 import torch
 
-from . import dispatch, reference
 from . import device as device_mod
+from . import dispatch, reference
 from .backends import Fp4GemmBackend, Fp4QuantBackend
 from .formats import BLOCK_SIZE, ScaleLayout, scale_shape, swizzle_scales
+from .validate import (
+    SCALE_DTYPES,
+    WEIGHT_LAYOUTS,
+    as_e4m3,
+    check,
+    check_tensor,
+    validate_gemm,
+    validate_quantize,
+)
 
 __all__ = [
     "PreparedWeight",
@@ -43,93 +52,6 @@ __all__ = [
     "warmup",
     "WEIGHT_LAYOUTS",
 ]
-
-WEIGHT_LAYOUTS = ("linear", "sm90", "swizzled_128x4", "trtllm_128x4")
-_FLOAT_ACTS = (torch.bfloat16, torch.float16)
-# Block scales may come as float8_e4m3fn or as their raw uint8 bytes (as FlashInfer accepts); kernels
-# see a float8_e4m3fn view. (Also lets torch.library.opcheck's schema test run: it cannot compare fp8.)
-_SCALE_DTYPES = (torch.float8_e4m3fn, torch.uint8)
-
-
-def _as_e4m3(t: torch.Tensor | None) -> torch.Tensor | None:
-    return t.view(torch.float8_e4m3fn) if t is not None and t.dtype == torch.uint8 else t
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation (metadata only: safe on fake tensors and during capture)
-# ----------------------------------------------------------------------------------------------
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-def _check_tensor(name, t, *, dtypes=None, dim=None, device=None, contiguous=True) -> None:
-    _check(isinstance(t, torch.Tensor), f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if dtypes is not None:
-        allowed = ", ".join(str(d) for d in dtypes)
-        _check(t.dtype in dtypes, f"{name}: dtype {t.dtype}, expected {allowed}")
-    if dim is not None:
-        _check(t.dim() == dim, f"{name}: expected {dim}-D, got shape {tuple(t.shape)}")
-    if device is not None:
-        _check(t.device == device, f"{name}: on {t.device}, expected {device} (same device as x)")
-    if contiguous:
-        _check(t.is_contiguous(), f"{name}: must be contiguous (shape {tuple(t.shape)}, strides {t.stride()})")
-
-
-def _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None) -> int:
-    """Returns K. Shapes of the prepared weight are checked as far as the layout defines them."""
-    _check(layout in WEIGHT_LAYOUTS, f"layout={layout!r}: expected one of {', '.join(WEIGHT_LAYOUTS)}")
-    _check(n > 0, f"n={n}: must be positive")
-    _check_tensor("x", x, dim=2)
-    dev = x.device
-    if x_scale is None:
-        _check_tensor("x", x, dtypes=_FLOAT_ACTS)
-        k = x.shape[1]
-    else:
-        _check_tensor("x", x, dtypes=(torch.uint8,))
-        _check_tensor("x_scale", x_scale, dtypes=_SCALE_DTYPES, dim=2, device=dev)
-        k = x.shape[1] * 2
-    _check(k % BLOCK_SIZE == 0, f"x: K={k} must be a multiple of {BLOCK_SIZE}")
-    if layout == "sm90":  # pre-shuffled int32 words + uint8 scale codes, padded to whole tiles
-        from .kernels.gemm_sm90_layout import check_prepared
-
-        for name, t in (("w", w), ("w_scale", w_scale)):
-            _check_tensor(name, t, device=dev)
-        check_prepared(w, w_scale, n, k)
-    else:
-        _check_tensor("w", w, dtypes=(torch.uint8,), device=dev)
-        _check(w.numel() * 2 == n * k, f"w: {w.numel()} bytes, expected N*K/2 = {n}*{k}/2 for n={n}, K={k}")
-        _check_tensor("w_scale", w_scale, dtypes=_SCALE_DTYPES, device=dev)
-    if layout == "linear":
-        _check(tuple(w.shape) == (n, k // 2), f"w: shape {tuple(w.shape)}, expected {(n, k // 2)}")
-        _check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
-               f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)}")
-    if layout == "swizzled_128x4":  # trtllm_128x4 is row-shuffled by FlashInfer: checked there
-        expect = scale_shape(n, k, ScaleLayout.SWIZZLED_128x4)
-        _check(tuple(w_scale.shape) == expect, f"w_scale: shape {tuple(w_scale.shape)}, expected {expect}")
-    if x_scale is not None:
-        act_layout = ScaleLayout.LINEAR if layout in ("linear", "sm90") else ScaleLayout.SWIZZLED_128x4
-        expect = scale_shape(x.shape[0], k, act_layout)
-        _check(tuple(x_scale.shape) == expect, f"x_scale: shape {tuple(x_scale.shape)}, expected {expect}")
-    _check_tensor("alpha", alpha, dtypes=(torch.float32,), device=dev)
-    _check(alpha.numel() in (1, n), f"alpha: {alpha.numel()} elements, expected 1 or N={n}")
-    _check(out_dtype in _FLOAT_ACTS, f"out_dtype: {out_dtype}, expected torch.bfloat16 or torch.float16")
-    if out is not None:
-        _check_tensor("out", out, dtypes=(out_dtype,), dim=2, device=dev)
-        _check(tuple(out.shape) == (x.shape[0], n),
-               f"out: shape {tuple(out.shape)}, expected {(x.shape[0], n)}")
-    return k
-
-
-def _validate_quantize(x, global_scale, layout) -> ScaleLayout:
-    _check_tensor("x", x, dtypes=_FLOAT_ACTS, dim=2)
-    _check(x.shape[1] % BLOCK_SIZE == 0, f"x: K={x.shape[1]} must be a multiple of {BLOCK_SIZE}")
-    _check_tensor("global_scale", global_scale, dtypes=(torch.float32,), device=x.device)
-    _check(global_scale.numel() == 1, f"global_scale: expected 1 element, got shape {tuple(global_scale.shape)}")
-    try:
-        return ScaleLayout.parse(layout)
-    except ValueError as exc:
-        raise ValueError(f"layout: {exc}") from None
 
 
 def _quant_backend(requested: str, x: torch.Tensor) -> Fp4QuantBackend:
@@ -148,10 +70,10 @@ def _quant_backend(requested: str, x: torch.Tensor) -> Fp4QuantBackend:
 # Real implementations
 # ----------------------------------------------------------------------------------------------
 def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
-    k = _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
-    x_scale = _as_e4m3(x_scale)
+    k = validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
+    x_scale = as_e4m3(x_scale)
     if layout != "sm90":
-        w_scale = _as_e4m3(w_scale)
+        w_scale = as_e4m3(w_scale)
     if layout == "linear":
         if x_scale is None:
             out.copy_(reference.gemm_w4a16(x, w, w_scale, alpha, out.dtype))
@@ -160,17 +82,17 @@ def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
     elif layout == "sm90":
         from .kernels import gemm_sm90
 
-        _check(out.dtype == torch.bfloat16, f"out_dtype: {out.dtype}; the SM90 kernel writes bfloat16")
+        check(out.dtype == torch.bfloat16, f"out_dtype: {out.dtype}; the SM90 kernel writes bfloat16")
         if x_scale is not None:  # packed NVFP4 activations: e2m1*sf is exact in bf16
             x = reference.dequantize(x, x_scale).to(torch.bfloat16)
-        _check(x.dtype == torch.bfloat16, f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
+        check(x.dtype == torch.bfloat16, f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
         key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
         choice = dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, x.shape[0])
         gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config)
     else:
         from .kernels import flashinfer_sm100
 
-        _check(x_scale is not None, "x_scale: FlashInfer's mm_fp4 needs NVFP4 activations (W4A4)")
+        check(x_scale is not None, "x_scale: FlashInfer's mm_fp4 needs NVFP4 activations (W4A4)")
         key = dispatch.LayerKey("sm100", n, k, "bfloat16", "w4a4")
         choice = dispatch.choose(key, Fp4GemmBackend.parse(backend), x.shape[0])
         flashinfer_sm100.gemm_out(x, x_scale, w, w_scale, alpha, out, choice.backend)
@@ -188,7 +110,7 @@ def _gemm_op(
 
 @_gemm_op.register_fake
 def _(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, backend):
-    _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype)
+    validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype)
     return x.new_empty((x.shape[0], n), dtype=out_dtype)
 
 
@@ -202,19 +124,19 @@ def _gemm_out_op(
 
 @_gemm_out_op.register_fake
 def _(x, x_scale, w, w_scale, alpha, layout, n, backend, out):
-    _validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
+    validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out.dtype, out)
 
 
 def _quantize_into(x, global_scale, layout, backend, out_packed, out_scale) -> None:
-    scale_layout = _validate_quantize(x, global_scale, layout)
+    scale_layout = validate_quantize(x, global_scale, layout)
     m, k = x.shape
-    _check_tensor("out_packed", out_packed, dtypes=(torch.uint8,), device=x.device)
-    _check(tuple(out_packed.shape) == (m, k // 2),
+    check_tensor("out_packed", out_packed, dtypes=(torch.uint8,), device=x.device)
+    check(tuple(out_packed.shape) == (m, k // 2),
            f"out_packed: shape {tuple(out_packed.shape)}, expected {(m, k // 2)}")
-    _check_tensor("out_scale", out_scale, dtypes=_SCALE_DTYPES, device=x.device)
+    check_tensor("out_scale", out_scale, dtypes=SCALE_DTYPES, device=x.device)
     expect = scale_shape(m, k, scale_layout)
-    _check(tuple(out_scale.shape) == expect, f"out_scale: shape {tuple(out_scale.shape)}, expected {expect}")
-    out_scale = _as_e4m3(out_scale)
+    check(tuple(out_scale.shape) == expect, f"out_scale: shape {tuple(out_scale.shape)}, expected {expect}")
+    out_scale = as_e4m3(out_scale)
     chosen = _quant_backend(backend, x)
     if chosen is Fp4QuantBackend.NVFP4_KIT:
         from .kernels import quantize as quantize_kernels
@@ -243,7 +165,7 @@ def _quantize_op(
 
 @_quantize_op.register_fake
 def _(x, global_scale, layout, backend):
-    scale_layout = _validate_quantize(x, global_scale, layout)
+    scale_layout = validate_quantize(x, global_scale, layout)
     m, k = x.shape
     return (x.new_empty((m, k // 2), dtype=torch.uint8),
             x.new_empty(scale_shape(m, k, scale_layout), dtype=torch.float8_e4m3fn))
@@ -259,12 +181,12 @@ def _quantize_out_op(
 
 @_quantize_out_op.register_fake
 def _(x, global_scale, layout, backend, out_packed, out_scale):
-    _validate_quantize(x, global_scale, layout)
+    validate_quantize(x, global_scale, layout)
 
 
 @torch.library.custom_op("nvfp4::quantize_dequantize", mutates_args=())
 def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.Tensor:
-    _validate_quantize(x, global_scale, "linear")
+    validate_quantize(x, global_scale, "linear")
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
     if _quant_backend(backend, x) is Fp4QuantBackend.NVFP4_KIT:
         from .kernels import quantize as quantize_kernels
@@ -277,7 +199,7 @@ def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.
 
 @_qdq_op.register_fake
 def _(x, global_scale, backend):
-    _validate_quantize(x, global_scale, "linear")
+    validate_quantize(x, global_scale, "linear")
     return x.new_empty(x.shape, dtype=torch.bfloat16)
 
 
@@ -331,8 +253,8 @@ class PreparedWeight:
 
 def _as_fp32(name: str, value, n_allowed: tuple[int, ...], device) -> torch.Tensor:
     t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-    _check(t.is_floating_point(), f"{name}: dtype {t.dtype}, expected a floating dtype")
-    _check(t.numel() in n_allowed, f"{name}: {t.numel()} elements, expected one of {n_allowed}")
+    check(t.is_floating_point(), f"{name}: dtype {t.dtype}, expected a floating dtype")
+    check(t.numel() in n_allowed, f"{name}: {t.numel()} elements, expected one of {n_allowed}")
     return t.reshape(-1).to(device=device, dtype=torch.float32).contiguous()
 
 
@@ -345,14 +267,15 @@ def prepare_weight(w_packed, w_scale, weight_scale_2, input_scale=None, *, backe
     input_scale: fp32 scalar activation scale (needed for W4A4). backend: any Fp4GemmBackend name.
     mode: "w4a16" | "w4a4" | None (NVFP4_KIT_MODE, default w4a16; SM100 is always w4a4).
     """
-    _check_tensor("w_packed", w_packed, dtypes=(torch.uint8,), dim=2)
+    check_tensor("w_packed", w_packed, dtypes=(torch.uint8,), dim=2)
     if isinstance(w_scale, torch.Tensor) and w_scale.dtype == torch.uint8:
         w_scale = w_scale.view(torch.float8_e4m3fn)
-    _check_tensor("w_scale", w_scale, dtypes=(torch.float8_e4m3fn,), dim=2)
+    check_tensor("w_scale", w_scale, dtypes=(torch.float8_e4m3fn,), dim=2)
     n, k = w_packed.shape[0], w_packed.shape[1] * 2
-    _check(k % BLOCK_SIZE == 0, f"w_packed: K={k} must be a multiple of {BLOCK_SIZE}")
-    _check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
-           f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)} for w_packed {(n, k // 2)}")
+    check(k % BLOCK_SIZE == 0, f"w_packed: K={k} must be a multiple of {BLOCK_SIZE}")
+    check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
+          f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)} "
+          f"for w_packed {(n, k // 2)}")
     device = torch.device(device) if device is not None else w_packed.device
     family = device_mod.family(device)
     resolved = dispatch.resolve_backend(backend, family)
@@ -389,8 +312,8 @@ def prepare_weight(w_packed, w_scale, weight_scale_2, input_scale=None, *, backe
 
 def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) bf16 -> (..., N) bf16 through the prepared weight; W4A4 quantizes x itself."""
-    _check(isinstance(pw, PreparedWeight), f"pw: expected PreparedWeight, got {type(pw).__name__}")
-    _check(x.shape[-1] == pw.k, f"x: last dim {x.shape[-1]} does not match the weight's K={pw.k}")
+    check(isinstance(pw, PreparedWeight), f"pw: expected PreparedWeight, got {type(pw).__name__}")
+    check(x.shape[-1] == pw.k, f"x: last dim {x.shape[-1]} does not match the weight's K={pw.k}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, pw.k)
     if not x2.is_contiguous():
@@ -410,7 +333,7 @@ def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None)
 
 def warmup(pw: PreparedWeight, max_m: int) -> None:
     """Compile every config this layer can pick for M <= max_m (and size workspaces) before capture."""
-    _check(not device_mod.is_capturing(), "warmup: called during CUDA-graph capture; warm up before it")
+    check(not device_mod.is_capturing(), "warmup: called during CUDA-graph capture; warm up before it")
     for bucket in dispatch.M_BUCKETS:
         m = min(bucket, max_m)
         x = torch.zeros((m, pw.k), dtype=torch.bfloat16, device=pw.weight.device)

@@ -6,8 +6,12 @@ __all__ = ["MODEL_SHAPES", "parse_shapes"]
 
 # (N, K) of each linear in one decoder layer, unsharded (TP=1); qkv and gate_up fused.
 MODEL_SHAPES: dict[str, dict[str, tuple[int, int]]] = {
-    "llama-3.1-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
-    "llama-3.1-70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672)},
+    "llama-3.1-8b": {
+        "qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+    },
+    "llama-3.1-70b": {
+        "qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672),
+    },
 }
 
 

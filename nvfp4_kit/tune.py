@@ -31,7 +31,8 @@ def tune_shape(n: int, k: int, m_values: list[int], table: dispatch.TuningTable)
     device = torch.device("cuda")
     w_packed, w_scale = _random_weight(n, k, device)
     w, s = gemm_sm90.prepare_weight(w_packed, w_scale)
-    copies = [(w, s)] + [(w.clone(), s.clone()) for _ in range(copies_to_exceed_l2(w.numel() + s.numel()) - 1)]
+    extra = copies_to_exceed_l2(w.numel() * w.element_size() + s.numel()) - 1
+    copies = [(w, s)] + [(w.clone(), s.clone()) for _ in range(extra)]
     alpha = torch.ones(1, device=device)
     rows = []
     for m in m_values:
@@ -39,8 +40,8 @@ def tune_shape(n: int, k: int, m_values: list[int], table: dispatch.TuningTable)
         out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
         best = None
         for cfg in gemm_sm90.candidate_configs(m, n, k):
-            calls = [lambda cw=cw, cs=cs, cfg=cfg: gemm_sm90.gemm_w4a16_out(x, cw, cs, alpha, out, cfg)
-                     for cw, cs in copies]
+            calls = [lambda cw=cw, cs=cs, cfg=cfg, x=x, out=out:
+                     gemm_sm90.gemm_w4a16_out(x, cw, cs, alpha, out, cfg) for cw, cs in copies]
             try:
                 us = graph_time_us(calls)
             except Exception as exc:  # a config that cannot run this shape is skipped, loudly

@@ -19,7 +19,8 @@ __all__ = ["cache_root", "install_target"]
 
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("NVFP4_KIT_TEST_WHEEL_CACHE", Path.home() / ".cache" / "nvfp4_kit_test_wheels"))
+    default = Path.home() / ".cache" / "nvfp4_kit_test_wheels"
+    root = Path(os.environ.get("NVFP4_KIT_TEST_WHEEL_CACHE", default))
     root.mkdir(parents=True, exist_ok=True)
     return root
 

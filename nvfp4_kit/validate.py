@@ -1,0 +1,98 @@
+"""Argument validation for the op boundary (nvfp4_kit.ops): metadata only, so it is safe on fake
+tensors under torch.compile and during CUDA-graph capture. A bad argument raises ValueError naming it."""
+
+from __future__ import annotations
+
+import torch
+
+from .formats import BLOCK_SIZE, ScaleLayout, scale_shape
+
+__all__ = ["FLOAT_ACTS", "SCALE_DTYPES", "WEIGHT_LAYOUTS", "as_e4m3", "check", "check_tensor",
+           "validate_gemm", "validate_quantize"]
+
+WEIGHT_LAYOUTS = ("linear", "sm90", "swizzled_128x4", "trtllm_128x4")
+
+FLOAT_ACTS = (torch.bfloat16, torch.float16)
+# Block scales may come as float8_e4m3fn or as their raw uint8 bytes (as FlashInfer accepts); kernels
+# see a float8_e4m3fn view. (Also lets torch.library.opcheck's schema test run: it cannot compare fp8.)
+SCALE_DTYPES = (torch.float8_e4m3fn, torch.uint8)
+
+
+def as_e4m3(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.view(torch.float8_e4m3fn) if t is not None and t.dtype == torch.uint8 else t
+
+
+def check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def check_tensor(name, t, *, dtypes=None, dim=None, device=None, contiguous=True) -> None:
+    check(isinstance(t, torch.Tensor), f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        allowed = ", ".join(str(d) for d in dtypes)
+        check(t.dtype in dtypes, f"{name}: dtype {t.dtype}, expected {allowed}")
+    if dim is not None:
+        check(t.dim() == dim, f"{name}: expected {dim}-D, got shape {tuple(t.shape)}")
+    if device is not None:
+        check(t.device == device, f"{name}: on {t.device}, expected {device} (same device as x)")
+    if contiguous:
+        check(t.is_contiguous(),
+              f"{name}: must be contiguous (shape {tuple(t.shape)}, strides {t.stride()})")
+
+
+def validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None) -> int:
+    """Returns K. Shapes of the prepared weight are checked as far as the layout defines them."""
+    check(layout in WEIGHT_LAYOUTS, f"layout={layout!r}: expected one of {', '.join(WEIGHT_LAYOUTS)}")
+    check(n > 0, f"n={n}: must be positive")
+    check_tensor("x", x, dim=2)
+    dev = x.device
+    if x_scale is None:
+        check_tensor("x", x, dtypes=FLOAT_ACTS)
+        k = x.shape[1]
+    else:
+        check_tensor("x", x, dtypes=(torch.uint8,))
+        check_tensor("x_scale", x_scale, dtypes=SCALE_DTYPES, dim=2, device=dev)
+        k = x.shape[1] * 2
+    check(k % BLOCK_SIZE == 0, f"x: K={k} must be a multiple of {BLOCK_SIZE}")
+    if layout == "sm90":  # pre-shuffled int32 words + uint8 scale codes, padded to whole tiles
+        from .kernels.gemm_sm90_layout import check_prepared
+
+        for name, t in (("w", w), ("w_scale", w_scale)):
+            check_tensor(name, t, device=dev)
+        check_prepared(w, w_scale, n, k)
+    else:
+        check_tensor("w", w, dtypes=(torch.uint8,), device=dev)
+        check(w.numel() * 2 == n * k, f"w: {w.numel()} bytes, expected N*K/2 = {n}*{k}/2 for n={n}, K={k}")
+        check_tensor("w_scale", w_scale, dtypes=SCALE_DTYPES, device=dev)
+    if layout == "linear":
+        check(tuple(w.shape) == (n, k // 2), f"w: shape {tuple(w.shape)}, expected {(n, k // 2)}")
+        check(tuple(w_scale.shape) == (n, k // BLOCK_SIZE),
+               f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)}")
+    if layout == "swizzled_128x4":  # trtllm_128x4 is row-shuffled by FlashInfer: checked there
+        expect = scale_shape(n, k, ScaleLayout.SWIZZLED_128x4)
+        check(tuple(w_scale.shape) == expect, f"w_scale: shape {tuple(w_scale.shape)}, expected {expect}")
+    if x_scale is not None:
+        act_layout = ScaleLayout.LINEAR if layout in ("linear", "sm90") else ScaleLayout.SWIZZLED_128x4
+        expect = scale_shape(x.shape[0], k, act_layout)
+        check(tuple(x_scale.shape) == expect, f"x_scale: shape {tuple(x_scale.shape)}, expected {expect}")
+    check_tensor("alpha", alpha, dtypes=(torch.float32,), device=dev)
+    check(alpha.numel() in (1, n), f"alpha: {alpha.numel()} elements, expected 1 or N={n}")
+    check(out_dtype in FLOAT_ACTS, f"out_dtype: {out_dtype}, expected torch.bfloat16 or torch.float16")
+    if out is not None:
+        check_tensor("out", out, dtypes=(out_dtype,), dim=2, device=dev)
+        check(tuple(out.shape) == (x.shape[0], n),
+               f"out: shape {tuple(out.shape)}, expected {(x.shape[0], n)}")
+    return k
+
+
+def validate_quantize(x, global_scale, layout) -> ScaleLayout:
+    check_tensor("x", x, dtypes=FLOAT_ACTS, dim=2)
+    check(x.shape[1] % BLOCK_SIZE == 0, f"x: K={x.shape[1]} must be a multiple of {BLOCK_SIZE}")
+    check_tensor("global_scale", global_scale, dtypes=(torch.float32,), device=x.device)
+    check(global_scale.numel() == 1,
+          f"global_scale: expected 1 element, got shape {tuple(global_scale.shape)}")
+    try:
+        return ScaleLayout.parse(layout)
+    except ValueError as exc:
+        raise ValueError(f"layout: {exc}") from None
