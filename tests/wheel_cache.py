@@ -8,6 +8,7 @@ Cache: $NVFP4_KIT_TEST_WHEEL_CACHE or ~/.cache/nvfp4_kit_test_wheels.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -26,7 +27,10 @@ def cache_root() -> Path:
 
 
 def install_target(name: str, requirements: list[str]) -> Path:
-    """A directory with `requirements` installed (--no-deps); skips the test if pip cannot fetch them."""
+    """A directory with `requirements` installed (--no-deps); skips the test if pip cannot fetch them.
+
+    The directory name carries a hash of the requirement list, so changing it builds a fresh one."""
+    name = f"{name}-{hashlib.sha256(' '.join(requirements).encode()).hexdigest()[:8]}"
     target = cache_root() / name
     marker = target / ".complete"
     if marker.exists():

@@ -16,7 +16,9 @@ from nvfp4_kit import reference as R
 from tests.wheel_cache import install_target
 
 FLASHINFER = "flashinfer-python==0.7.2.post1"
-FLASHINFER_IMPORT_DEPS = ["apache-tvm-ffi>=0.1.11,<0.2", "einops", "tabulate", "nvidia-ml-py"]
+# What `import flashinfer` needs on a CPU-only machine besides torch (found by importing it in a clean venv)
+FLASHINFER_IMPORT_DEPS = ["apache-tvm-ffi>=0.1.11,<0.2", "einops", "tabulate", "nvidia-ml-py", "requests",
+                          "urllib3", "certifi", "charset-normalizer", "idna"]
 
 
 @pytest.fixture(scope="module")
