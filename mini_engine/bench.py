@@ -166,17 +166,13 @@ async def sweep(base_url: str, config: str, args: argparse.Namespace, doc: dict[
                         input_len=args.input_len, output_len=args.output_len)
         doc["records"].append(rec)
         info["levels_done"].append(c)
-        _save(doc, args)
+        write_results(args.out, doc)
         print(format_table([rec]).splitlines()[-1], flush=True)
         if alive is not None and not alive():
             info["error"] = f"server died during concurrency {c}"
             break
     info["metrics_after"] = await _kv_after(base_url)
     return info
-
-
-def _save(doc: dict[str, Any], args: argparse.Namespace) -> None:
-    write_results(args.out, doc)
 
 
 async def _launch_all(args: argparse.Namespace, doc: dict[str, Any], tokenizer: Any) -> int:
@@ -203,7 +199,7 @@ async def _launch_all(args: argparse.Namespace, doc: dict[str, Any], tokenizer: 
                   f"{server.log_tail()}", file=sys.stderr, flush=True)
         finally:
             entry["exit_code"] = server.stop()
-            _save(doc, args)
+            write_results(args.out, doc)
         if "error" in entry:
             status = 1
     return status
@@ -235,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                  tokenizer))
         doc["servers"].append({"base_url": args.base_url, **info})
         status = 0
-    _save(doc, args)
+    write_results(args.out, doc)
     plotted = plot_records(doc["records"], png, title=f"{doc['device']}  in={args.input_len} "
                                                       f"out={args.output_len}")
     print(format_table(doc["records"]))

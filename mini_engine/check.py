@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--device", default="auto", help="engine device")
     ap.add_argument("--ref-device", default="cpu", help="reference device (fp32; cuda for the 8B preset)")
-    ap.add_argument("--dtype", default="auto",
+    ap.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
                     help="engine activation dtype (auto: bf16 on CUDA, fp32 on CPU); float32 on CUDA "
                          "isolates the kit's kernels from bf16 drift of the residual stream")
     ap.add_argument("--json", type=Path, help="also write the results here")

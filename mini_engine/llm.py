@@ -60,26 +60,26 @@ class LLM:
             raise ValueError(f"sampling_params: {len(params)} given for {len(prompts)} prompts")
         staged = [self._prompt_ids(p) for p in prompts]  # validate everything before queueing
         ids: list[str] = []
+        final = {}
+        from tqdm import tqdm
+
         try:
             for (_, prompt_ids), p in zip(staged, params, strict=False):
                 self._counter += 1
                 rid = f"llm-{self._counter}"
                 self.engine.add_request(rid, prompt_ids, p)
                 ids.append(rid)
-        except ValueError:
-            for rid in ids:  # nothing leaks: queued siblings of a bad prompt are dropped
+            with tqdm(total=len(ids), desc="generating", disable=not use_tqdm) as bar:
+                while len(final) < len(ids):
+                    for out in self.engine.step():
+                        if out.finished:
+                            final[out.request_id] = out
+                            bar.update(1)
+        except BaseException:
+            # nothing leaks: a bad prompt, a failing step or Ctrl-C drops every request of this call
+            for rid in ids:
                 self.engine.abort_request(rid)
             raise
-        final = {}
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(ids), desc="generating", disable=not use_tqdm)
-        while len(final) < len(ids):
-            for out in self.engine.step():
-                if out.finished:
-                    final[out.request_id] = out
-                    bar.update(1)
-        bar.close()
         results = []
         for rid, (text, prompt_ids) in zip(ids, staged, strict=False):
             o = final[rid]

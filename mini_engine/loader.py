@@ -14,6 +14,7 @@ warning. A missing tensor, a wrong shape or dtype raises ValueError naming the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -74,7 +75,7 @@ def load_configs(model: str, load_format: str) -> tuple[ModelConfig, QuantConfig
         eos = json.loads(gen.read_text()).get("eos_token_id")
         ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
         if ids:
-            object.__setattr__(cfg, "eos_token_ids", tuple(dict.fromkeys(cfg.eos_token_ids + ids)))
+            cfg = dataclasses.replace(cfg, eos_token_ids=tuple(dict.fromkeys(cfg.eos_token_ids + ids)))
     return cfg, QuantConfig.from_dir(path), path
 
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 __all__ = ["SamplingParams"]
 
 
+_INT32_MAX = 2**31 - 1
+_GREEDY_TEMPERATURE = 1e-5
+
 def _fail(field: str, value: object, why: str) -> None:
     raise ValueError(f"{field}={value!r}: {why}")
 
@@ -38,13 +41,13 @@ class SamplingParams:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             _fail("temperature", t, "must be a finite number >= 0")
-        if not _is_int(self.top_k) or self.top_k < -1:
-            _fail("top_k", self.top_k, "must be an integer >= -1 (-1 or 0 disables it)")
+        if not _is_int(self.top_k) or not -1 <= self.top_k <= _INT32_MAX:
+            _fail("top_k", self.top_k, f"must be an integer in [-1, {_INT32_MAX}] (-1 or 0 disables it)")
         p = self.top_p
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 < p <= 1.0):
             _fail("top_p", p, "must be in (0, 1]")
-        if self.seed is not None and not _is_int(self.seed):
-            _fail("seed", self.seed, "must be an integer or None")
+        if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64):
+            _fail("seed", self.seed, "must be None or an integer in [-2**63, 2**64)")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             _fail("max_tokens", self.max_tokens, "must be an integer >= 1")
         if self.stop is not None:
@@ -62,7 +65,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below _GREEDY_TEMPERATURE, logits / temperature overflows fp32: sample the argmax (as vLLM).
+        return self.temperature < _GREEDY_TEMPERATURE
 
     @property
     def uses_top_k(self) -> bool:

@@ -86,6 +86,8 @@ def engine_config_kwargs(args: argparse.Namespace, config_cls: Any) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.max_waiting < 1:  # checked before the model load, not after it
+        raise SystemExit(f"error: --max-waiting={args.max_waiting}: must be >= 1")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     t_engine = time.perf_counter() - t0
     names = args.served_model_name or [
         DEFAULT_MODEL_NAME if args.model is None else args.model]
-    max_model_len = int(getattr(engine, "max_model_len", None) or config.max_model_len)
+    max_model_len = engine.max_model_len
     app = build_app(engine, model_names=names, max_model_len=max_model_len,
                     max_waiting=args.max_waiting, model_root=config.model)
     logger.info("engine ready in %.1f s; serving %s on http://%s:%d (max_model_len %d)",

@@ -29,8 +29,8 @@ class RequestOutput:
     request_id: str
     new_token_ids: list[int]  # sampled this step
     new_text: str  # text delta (incremental detokenization; stop strings cut off)
-    token_ids: list[int]  # all generated so far
-    text: str  # all generated text so far
+    token_ids: list[int]  # all generated tokens: filled in the final output only ([] before)
+    text: str  # all generated text: filled in the final output only ("" before)
     finished: bool
     finish_reason: str | None  # None | "stop" | "length" | "abort"
     prompt_token_ids: list[int] = field(default_factory=list)
@@ -129,11 +129,14 @@ class LLMEngine:
             if seq.finish_reason is not None:
                 finished.append(seq)
                 self.seqs.pop(seq.request_id, None)
+            done = seq.finish_reason is not None
+            # The full token list and text are copied only into the final output: per step and
+            # sequence the hot path builds O(1) objects (streaming uses new_text / new_token_ids).
             outputs.append(RequestOutput(
-                seq.request_id, [token], delta, seq.output_token_ids,
-                seq.detokenizer.text[:seq.detokenizer.emitted],
-                seq.finish_reason is not None, seq.finish_reason, seq.prompt_token_ids,
-                seq.num_prompt_tokens,
+                seq.request_id, [token], delta,
+                seq.output_token_ids if done else [],
+                seq.detokenizer.text[:seq.detokenizer.emitted] if done else "",
+                done, seq.finish_reason, seq.prompt_token_ids, seq.num_prompt_tokens,
             ))
         self.scheduler.finish(finished)
         return outputs

@@ -90,7 +90,7 @@ class ModelRunner:
         self.host_buf = torch.zeros(cap, dtype=torch.int32, pin_memory=pin)
         self.host_np = self.host_buf.numpy()
         self.dev_buf = self.host_buf.to(device) if pin else self.host_buf
-        self.logits_hook: Callable | None = None  # check.py: hook(seqs, rows, logits) before sampling
+        self.logits_hook: Callable | None = None  # check.py: hook(seqs, logits) before sampling
         self.graphs = None
         if device.type == "cuda":
             self._warmup_linears()

@@ -56,11 +56,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.num_cached_prompt_tokens = 0  # prefix-cache hits, for stats
-        self._arrivals = 0
 
     def add(self, seq: Sequence) -> None:
-        self._arrivals += 1
-        seq.arrival = self._arrivals
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
@@ -119,7 +116,6 @@ class Scheduler:
         self.bm.free_seq(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
-        seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 

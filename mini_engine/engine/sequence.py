@@ -25,12 +25,11 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     __slots__ = (
         "request_id", "token_ids", "num_prompt_tokens", "params", "status", "block_table",
-        "num_computed_tokens", "block_hashes", "num_cached_blocks", "finish_reason", "arrival",
-        "num_preemptions", "generator", "detokenizer", "stop_ids",
+        "num_computed_tokens", "block_hashes", "num_cached_blocks", "finish_reason", "generator", "detokenizer", "stop_ids",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival: int = 0, stop_ids: frozenset[int] = frozenset()):
+                 stop_ids: frozenset[int] = frozenset()):
         self.request_id = request_id
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -41,8 +40,6 @@ class Sequence:
         self.block_hashes: list[bytes] = []  # digest of each full block's prefix, filled lazily
         self.num_cached_blocks = 0  # leading blocks registered in the prefix cache by this sequence
         self.finish_reason: str | None = None
-        self.arrival = arrival  # admission order: preemption picks the latest arrival first
-        self.num_preemptions = 0
         self.generator: Any = None  # per-request torch.Generator when params.seed is set
         self.detokenizer: Any = None
         self.stop_ids = stop_ids  # EOS ids (unless ignore_eos) + params.stop_token_ids

@@ -92,6 +92,8 @@ def make_attention_backend(name: str, device: torch.device, block_size: int, **k
     """name: "auto" | "torch" | "triton" ("auto" defers to MINI_ENGINE_ATTENTION_BACKEND first)."""
     if name == "auto":
         name = env.attention_backend()
+        if name not in ("auto", "torch", "triton"):
+            raise ValueError(f"MINI_ENGINE_ATTENTION_BACKEND={name!r}: expected auto, torch or triton")
     if name not in ("auto", "torch", "triton"):
         raise ValueError(f"attention_backend={name!r}: expected auto, torch or triton")
     if name == "auto":

@@ -52,7 +52,7 @@ class Sampler:
         vocab = x.shape[-1]
         dev = x.device
         sorted_x, order = x.sort(dim=-1, descending=True)
-        ks = torch.tensor([p.top_k if p.uses_top_k else vocab for p in params], device=dev)
+        ks = torch.tensor([min(p.top_k, vocab) if p.uses_top_k else vocab for p in params], device=dev)
         ranks = torch.arange(vocab, device=dev)[None, :]
         sorted_x = sorted_x.masked_fill(ranks >= ks[:, None], float("-inf"))
         ps = torch.tensor([p.top_p if p.uses_top_p else 1.0 for p in params], device=dev)

@@ -212,6 +212,8 @@ class AsyncEngine:
             except Exception:
                 logger.exception("abort_request(%s) failed", cmd.request_id)
         else:
+            if not cmd.future.set_running_or_notify_cancel():
+                return  # the caller timed out and cancelled; nobody waits for the result
             try:
                 cmd.future.set_result(cmd.fn(self.engine))
             except Exception as exc:

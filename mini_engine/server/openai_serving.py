@@ -106,7 +106,12 @@ class OpenAIServing:
         return out
 
     def chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = []
+        for i, m in enumerate(req.messages):
+            try:
+                messages.append({"role": m.role, "content": m.text()})
+            except ValueError as exc:
+                raise ApiError(400, f"messages[{i}].{exc}", "messages") from None
         try:
             text = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
@@ -124,6 +129,9 @@ class OpenAIServing:
             ("presence_penalty", req.presence_penalty not in (None, 0.0)),
             ("frequency_penalty", req.frequency_penalty not in (None, 0.0)),
             ("repetition_penalty", req.repetition_penalty not in (None, 1.0)),
+            ("min_tokens", req.min_tokens not in (None, 0)), ("min_p", req.min_p not in (None, 0.0)),
+            ("logit_bias", bool(req.logit_bias)), ("tools", bool(req.tools)),
+            ("response_format", (req.response_format or {}).get("type", "text") != "text"),
         ]
         for name, bad in unsupported:
             if bad:
@@ -155,7 +163,7 @@ class OpenAIServing:
             return self.params_cls(**kwargs)
         except (ValueError, TypeError) as exc:
             msg = str(exc)
-            param = next((f for f in _PARAMS_FIELDS if msg.startswith(f)), None)
+            param = next((f for f in _PARAMS_FIELDS if msg.startswith(f + "=")), None)
             raise ApiError(400, msg, param) from None
 
     # ---------------------------------------------------------------- engine round trip

@@ -62,6 +62,12 @@ class SamplingFields(_Lenient):
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
     repetition_penalty: float | None = None
+    # Declared only so that a request that sets them gets a 400 instead of being silently ignored.
+    min_tokens: int | None = None
+    min_p: float | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -90,7 +96,10 @@ class ChatMessage(_Lenient):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text or "" for part in self.content if part.type == "text")
+        for i, part in enumerate(self.content):
+            if part.type != "text":
+                raise ValueError(f"content[{i}].type={part.type!r}: only text parts are supported")
+        return "".join(part.text or "" for part in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):

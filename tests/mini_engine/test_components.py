@@ -116,3 +116,14 @@ def test_from_conversion_copies_the_tokenizer(tiny_dirs, tmp_path):
     q = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(a[q], b[q])
     assert main(["--from", str(tiny_dirs["nvfp4"]), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+
+
+def test_tiny_temperature_samples_the_argmax():
+    # logits / 1e-50 would overflow fp32 to inf and NaN the softmax; below 1e-5 we take the argmax
+    s = Sampler(torch.device("cpu"), seed=0)
+    logits = torch.randn(3, 50)
+    params = [SamplingParams(temperature=1e-50), SamplingParams(temperature=1e-6), SamplingParams()]
+    out = s(logits, params, [None, None, None])
+    assert out[:2].tolist() == logits[:2].argmax(-1).tolist()
+    with pytest.raises(ValueError, match="top_k=2147483648"):
+        SamplingParams(top_k=2**31)

@@ -138,3 +138,23 @@ def test_dummy_preset_runs_without_a_checkpoint():
     llm = LLM("tiny", load_format="dummy", quantization="nvfp4", max_model_len=64)
     out = llm.generate({"prompt_token_ids": [0, 1, 2]}, SamplingParams(temperature=0, max_tokens=3))
     assert len(out[0].outputs[0].token_ids) == 3
+
+
+def test_failing_step_leaves_no_request_or_block_behind(llm, monkeypatch):
+    eng = llm.engine
+    free_before = eng.block_manager.num_free_blocks
+    real_step, calls = eng.step, []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected step failure")
+        return real_step()
+
+    monkeypatch.setattr(eng, "step", step)
+    with pytest.raises(RuntimeError, match="injected"):
+        llm.generate(["one", "two"], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    assert eng.seqs == {} and not eng.has_unfinished_requests()
+    assert eng.block_manager.num_free_blocks == free_before
+    monkeypatch.setattr(eng, "step", real_step)
+    assert llm.generate("again", SamplingParams(temperature=0, max_tokens=2))[0].outputs[0].token_ids

@@ -111,6 +111,11 @@ def test_chat_uses_template_and_streams(client, default_tokenizer):
     (dict(prompt=[5, 99999]), "prompt"),  # token id outside the vocabulary
     (dict(prompt=[]), "prompt"),
     (dict(logprobs=2), "logprobs"),
+    (dict(extra_body={"top_k": 2**63}), "top_k"),  # would overflow a tensor inside engine.step()
+    (dict(seed=2**64), "seed"),
+    (dict(extra_body={"stop_token_ids": [-1]}), "stop_token_ids"),
+    (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # unsupported: refused, not ignored
+    (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format"),
 ])
 def test_bad_requests_are_openai_400s(client, kwargs, param):
     args = dict(model=MODEL, prompt="hello", max_tokens=4) | kwargs
@@ -119,6 +124,13 @@ def test_bad_requests_are_openai_400s(client, kwargs, param):
     err = info.value.body
     assert err["code"] == 400 and err["type"] == "BadRequestError" and err["param"] == param
     assert err["message"]
+
+
+def test_non_text_chat_parts_are_refused(client):
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3)
+    assert info.value.body["param"] == "messages" and "only text parts" in info.value.body["message"]
 
 
 def test_malformed_and_invalid_bodies(server):
