@@ -25,7 +25,8 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     __slots__ = (
         "request_id", "token_ids", "num_prompt_tokens", "params", "status", "block_table",
-        "num_computed_tokens", "block_hashes", "num_cached_blocks", "finish_reason", "generator", "detokenizer", "stop_ids",
+        "num_computed_tokens", "block_hashes", "num_cached_blocks", "finish_reason", "generator",
+        "detokenizer", "stop_ids",
     )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
