@@ -17,7 +17,6 @@ __all__ = [
     "ArchSupport",
     "CAPABILITIES",
     "arch_family",
-    "supported_gemm_backends",
     "is_backend_supported",
 ]
 
@@ -189,10 +188,6 @@ def arch_family(capability: tuple[int, int] | None) -> str:
     if major == 10:  # SM100 and SM103
         return "sm100"
     return "defer"
-
-
-def supported_gemm_backends(family: str) -> tuple[Fp4GemmBackend, ...]:
-    return CAPABILITIES[family].gemm
 
 
 def is_backend_supported(backend: Fp4GemmBackend | str, capability: tuple[int, int] | None) -> bool:

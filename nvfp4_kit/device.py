@@ -1,4 +1,4 @@
-"""What the current device is: compute capability, arch family and the CuTe DSL compile target."""
+"""What the current device is: compute capability, arch family, and whether a CUDA graph is capturing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import functools
 
 import torch
 
-from . import env
 from .backends import arch_family
 
-__all__ = ["capability", "family", "cute_arch", "is_capturing"]
+__all__ = ["capability", "family", "is_capturing"]
 
 
 @functools.cache
@@ -29,18 +28,6 @@ def capability(device: torch.device | str | None) -> tuple[int, int] | None:
 def family(device: torch.device | str | None) -> str:
     """Key into backends.CAPABILITIES: "sm90", "sm100", "defer" or "cpu"."""
     return arch_family(capability(device))
-
-
-def cute_arch(device: torch.device | str | None = None) -> str:
-    """CuTe DSL target: from the GPU when there is one, else CUTE_DSL_ARCH (CPU compile), else sm_90a."""
-    cap = capability(device) if device is not None else None
-    if cap is None and torch.cuda.is_available() and device is None:
-        cap = _cuda_capability(torch.cuda.current_device())
-    if cap is not None:
-        major, minor = cap
-        suffix = "a" if major in (9, 10) else ""
-        return f"sm_{major}{minor}{suffix}"
-    return env.cute_dsl_arch() or "sm_90a"
 
 
 def is_capturing() -> bool:

@@ -4,8 +4,8 @@ Per layer (arch family, N, K, activation dtype, mode) and per M bucket (1, 2, 4,
 serves b/2 < M <= b, 8192 serves all larger M) we choose a backend and a kernel config, in order:
 
 1. a tuning table measured on this machine (``python -m nvfp4_kit.tune``), kept as JSON under
-   ``NVFP4_KIT_CACHE_DIR/tuning/`` and keyed by arch family, N, K, dtype, mode, kit version and
-   cutlass-dsl version (the versions are in the file name and checked on load);
+   ``NVFP4_KIT_CACHE_DIR/tuning/<family>_<gpu>_kit-<v>_cutedsl-<v>.json``; each entry is keyed by
+   N, K, activation dtype, mode and M bucket (the versions are in the file name and checked on load);
 2. the committed default table for the arch (``nvfp4_kit/data/tuning_sm90_h100.json``, measured on an
    H100 with the same tool);
 3. the kernel module's heuristic.
@@ -16,11 +16,13 @@ during CUDA-graph capture. `warmup()` compiles what the chosen configs need; cal
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,6 @@ __all__ = [
     "resolve_backend",
     "resolve_mode",
     "choose",
-    "record_choice",
     "register_layer",
     "describe",
     "describe_text",
@@ -121,6 +122,9 @@ class TuningTable:
         if check_versions and data.get("cutlass_dsl") != cutlass_dsl_version():
             log.info("tuning table %s is for cutlass-dsl %s; using heuristics", path, data.get("cutlass_dsl"))
             return cls(family)
+        if check_versions and data.get("kit_version") not in (None, __version__):
+            log.info("tuning table %s is for nvfp4-kit %s; using heuristics", path, data.get("kit_version"))
+            return cls(family)
         return cls(family, {cls._key(e): e for e in data.get("entries", [])})
 
     def to_json(self) -> dict:
@@ -140,6 +144,7 @@ class TuningTable:
             merged = TuningTable.load(path, self.family)
             merged.entries.update(self.entries)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600: tables tuned as root must serve other users
             with os.fdopen(fd, "w") as f:
                 json.dump(merged.to_json(), f, indent=1)
             os.replace(tmp, path)
@@ -148,8 +153,18 @@ class TuningTable:
         return self.entries.get((key.n, key.k, key.dtype, key.mode, bucket))
 
 
+def _device_tag() -> str:
+    """The GPU model, so an H100 SXM, an H100 PCIe and an H200 sharing a cache keep separate tables."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "nogpu"
+    name = torch.cuda.get_device_name(torch.cuda.current_device())
+    return re.sub(r"[^0-9A-Za-z]+", "-", name).strip("-").lower()
+
+
 def user_table_path(family: str) -> Path:
-    name = f"{family}_kit-{__version__}_cutedsl-{cutlass_dsl_version()}.json"
+    name = f"{family}_{_device_tag()}_kit-{__version__}_cutedsl-{cutlass_dsl_version()}.json"
     return env.cache_dir() / "tuning" / name
 
 
@@ -198,8 +213,8 @@ _memo: dict[tuple[LayerKey, Fp4GemmBackend, int], Choice] = {}
 _layers: dict[tuple[LayerKey, Fp4GemmBackend], list[str]] = {}
 
 
-def _kernel_config(backend: Fp4GemmBackend, family: str, key: LayerKey, m: int, entry: dict | None):
-    """(config dict, config object, source) for our SM90 kernels; heuristics come from the kernel."""
+def _kernel_config(key: LayerKey, m: int, entry: dict | None):
+    """(config dict, config object) for our SM90 kernels: the table's, else the kernel's heuristic."""
     from .kernels import gemm_sm90  # lazy: needs nvidia-cutlass-dsl
 
     if entry is not None:
@@ -207,6 +222,14 @@ def _kernel_config(backend: Fp4GemmBackend, family: str, key: LayerKey, m: int, 
         return entry["config"], cfg
     cfg = gemm_sm90.heuristic_config(m, key.n, key.k)
     return cfg.to_dict(), cfg
+
+
+def _shares_weight_prep(backend: Fp4GemmBackend, n: int) -> bool:
+    """May a layer prepared for cute-dsl (plain 128x4 scales) run on `backend`? cutlass/cudnn only
+    where N % 32 == 0 (vLLM pads N to 32 for them); trtllm never (row-shuffled weights)."""
+    if backend is Fp4GemmBackend.FLASHINFER_CUTEDSL:
+        return True
+    return backend in (Fp4GemmBackend.FLASHINFER_CUTLASS, Fp4GemmBackend.FLASHINFER_CUDNN) and n % 32 == 0
 
 
 def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
@@ -219,11 +242,13 @@ def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
     if backend is Fp4GemmBackend.REFERENCE:
         choice = Choice(backend, None, "only choice", "pure-torch reference (exact, slow)")
     elif backend is Fp4GemmBackend.NVFP4_KIT:
+        # W4A4 on SM90 runs the same W4A16 kernel on quantize-dequantized activations: one table
+        gemm_key = dataclasses.replace(key, mode="w4a16")
         user, default = _tables(key.family)
-        entry, source = user.lookup(key, bucket), "tuned"
+        entry, source = user.lookup(gemm_key, bucket), "tuned"
         if entry is None:
-            entry, source = default.lookup(key, bucket), "default table"
-        config, obj = _kernel_config(backend, key.family, key, bucket, entry)
+            entry, source = default.lookup(gemm_key, bucket), "default table"
+        config, obj = _kernel_config(key, bucket, entry)
         if entry is None:
             source, why = "heuristic", "no tuning entry for this shape/bucket"
         else:
@@ -235,8 +260,12 @@ def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
         choice = Choice(backend, None, "only choice", "weights were shuffled for trtllm at load")
     else:  # FlashInfer cute-dsl / cutlass / cudnn share one weight preparation: pick per M
         entry = _tables(key.family)[0].lookup(key, bucket)
-        if entry is not None:
-            picked = Fp4GemmBackend.parse(entry["backend"])
+        picked = Fp4GemmBackend.parse(entry["backend"]) if entry is not None else None
+        if picked is not None and not _shares_weight_prep(picked, key.n):
+            log.warning("ignoring tuned backend %s for N=%d K=%d: the weights were prepared for %s",
+                        picked.value, key.n, key.k, backend.value)
+            picked = None
+        if picked is not None:
             choice = Choice(picked, None, "tuned", f"measured {entry.get('us', '?')} us at M={bucket}")
         else:
             choice = Choice(backend, None, "heuristic",
@@ -244,11 +273,6 @@ def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
                             "(never run by this project)")
     _memo[memo_key] = choice
     return choice
-
-
-def record_choice(key: LayerKey, backend: Fp4GemmBackend, m: int, choice: Choice) -> None:
-    """Pin a choice (used by the tuner after measuring) for the rest of the process."""
-    _memo[(key, backend, m_bucket(m))] = choice
 
 
 def register_layer(key: LayerKey, backend: Fp4GemmBackend, name: str | None = None) -> None:

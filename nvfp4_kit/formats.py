@@ -91,9 +91,16 @@ def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
 
 
 def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
-    """codes: uint8 in 0..15 -> float32 values (-0.0 for code 8)."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
-    return table[codes.long()]
+    """codes: uint8 in 0..15 -> float32 values (-0.0 for code 8).
+
+    Decoded arithmetically, not through a lookup table: a table would be a host->device copy on
+    every call, which CUDA-graph capture forbids.
+    """
+    c = codes.to(torch.int32)
+    exponent, mantissa = (c >> 1) & 3, (c & 1).to(torch.float32)
+    normal = (1.0 + 0.5 * mantissa) * torch.exp2((exponent - 1).to(torch.float32))
+    magnitude = torch.where(exponent == 0, 0.5 * mantissa, normal)  # exponent 0: subnormal 0 / 0.5
+    return torch.where((c & 8) != 0, -magnitude, magnitude)
 
 
 def scale_shape(rows: int, k: int, layout: str | ScaleLayout) -> tuple[int, int]:

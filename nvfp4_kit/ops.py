@@ -16,7 +16,9 @@ Custom ops (namespace ``nvfp4``), usable under torch.compile(fullgraph=True) and
 ``x`` is bf16/fp16 [M, K] (W4A16, or the "dequantized, unscaled" activations of the W4A4 emulation) or
 packed e2m1 uint8 [M, K/2] with ``x_scale`` (W4A4 with real NVFP4 activations). ``layout`` is the weight
 layout a backend prepared: "linear" (reference), "sm90" (our Hopper kernels), "swizzled_128x4"
-(FlashInfer on SM100). ``alpha`` is fp32 with 1 or N elements. The ``_out`` variants allocate nothing.
+(FlashInfer cute-dsl/cutlass/cudnn on SM100), "trtllm_128x4" (FlashInfer trtllm, row-shuffled).
+``alpha`` is fp32 with 1 or N elements. The ``_out`` variants allocate nothing on SM90 (the FlashInfer
+path allocates inside FlashInfer).
 Every argument is validated (device, dtype, shape, contiguity, K % 16) before any launch; a bad one
 raises ValueError naming it.
 """
@@ -29,8 +31,8 @@ from typing import Optional
 import torch
 
 from . import device as device_mod
-from . import dispatch, reference
-from .backends import Fp4GemmBackend, Fp4QuantBackend
+from . import dispatch, env, reference
+from .backends import CAPABILITIES, Fp4GemmBackend, Fp4QuantBackend
 from .formats import BLOCK_SIZE, ScaleLayout, scale_shape, swizzle_scales
 from .validate import (
     SCALE_DTYPES,
@@ -55,15 +57,15 @@ __all__ = [
 
 
 def _quant_backend(requested: str, x: torch.Tensor) -> Fp4QuantBackend:
+    """The activation quantizer: as requested, else NVFP4_KIT_QUANT_BACKEND, else the arch's first
+    choice (backends.CAPABILITIES); the exact reference where the kit has no kernel (a small op)."""
     backend = Fp4QuantBackend.parse(requested)
+    if backend is Fp4QuantBackend.AUTO:
+        backend = Fp4QuantBackend.parse(env.quant_backend())
     if backend is not Fp4QuantBackend.AUTO:
         return backend
-    family = device_mod.family(x.device)
-    if family == "sm90":
-        return Fp4QuantBackend.NVFP4_KIT
-    if family == "sm100":
-        return Fp4QuantBackend.FLASHINFER_CUTEDSL
-    return Fp4QuantBackend.REFERENCE  # CPU, and GPUs the kit has no kernel for (small op, exact)
+    choices = CAPABILITIES[device_mod.family(x.device)].quant
+    return choices[0] if choices else Fp4QuantBackend.REFERENCE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,8 +95,9 @@ def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
         from .kernels import flashinfer_sm100
 
         check(x_scale is not None, "x_scale: FlashInfer's mm_fp4 needs NVFP4 activations (W4A4)")
+        requested = flashinfer_sm100.backend_for_layout(layout, Fp4GemmBackend.parse(backend))
         key = dispatch.LayerKey("sm100", n, k, "bfloat16", "w4a4")
-        choice = dispatch.choose(key, Fp4GemmBackend.parse(backend), x.shape[0])
+        choice = dispatch.choose(key, requested, x.shape[0])
         flashinfer_sm100.gemm_out(x, x_scale, w, w_scale, alpha, out, choice.backend)
 
 
@@ -103,6 +106,7 @@ def _gemm_op(
     x: torch.Tensor, x_scale: Optional[torch.Tensor], w: torch.Tensor, w_scale: torch.Tensor,
     alpha: torch.Tensor, layout: str, n: int, out_dtype: torch.dtype, backend: str,
 ) -> torch.Tensor:
+    validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype)  # before allocating
     out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
     _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
     return out
@@ -156,6 +160,7 @@ def _quantize_into(x, global_scale, layout, backend, out_packed, out_scale) -> N
 def _quantize_op(
     x: torch.Tensor, global_scale: torch.Tensor, layout: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    validate_quantize(x, global_scale, layout)  # before allocating
     m, k = x.shape
     packed = torch.empty((m, k // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty(scale_shape(m, k, layout), dtype=torch.float8_e4m3fn, device=x.device)
@@ -298,7 +303,7 @@ def prepare_weight(w_packed, w_scale, weight_scale_2, input_scale=None, *, backe
     else:
         from .kernels import flashinfer_sm100
 
-        flashinfer_sm100.check_shape(n, k)
+        flashinfer_sm100.check_shape(n, k, resolved)
         if resolved is Fp4GemmBackend.FLASHINFER_TRTLLM:
             weight, scale = flashinfer_sm100.prepare_trtllm_weight(w_packed, w_scale)
             layout = "trtllm_128x4"
@@ -334,9 +339,20 @@ def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None)
 def warmup(pw: PreparedWeight, max_m: int) -> None:
     """Compile every config this layer can pick for M <= max_m (and size workspaces) before capture."""
     check(not device_mod.is_capturing(), "warmup: called during CUDA-graph capture; warm up before it")
+    check(max_m >= 1, f"max_m={max_m}: must be >= 1")
     for bucket in dispatch.M_BUCKETS:
         m = min(bucket, max_m)
         x = torch.zeros((m, pw.k), dtype=torch.bfloat16, device=pw.weight.device)
         linear(x, pw)
         if bucket >= max_m:
             break
+    if pw.layout == "sm90":
+        # One call per bucket does not size the stream-K workspace for every M in between (nor for
+        # M above the last bucket): reserve each chosen config's bound for M <= max_m.
+        from .kernels import gemm_sm90
+
+        key = dispatch.LayerKey("sm90", pw.n, pw.k, "bfloat16", "w4a16")
+        configs = {dispatch.choose(key, pw.backend, b).kernel_config
+                   for b in dispatch.M_BUCKETS if b <= dispatch.m_bucket(max_m)}
+        for config in configs:
+            gemm_sm90.reserve_workspace(pw.weight.device, max_m, pw.n, config)

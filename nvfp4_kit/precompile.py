@@ -18,9 +18,10 @@ import sys
 import time
 from collections.abc import Callable
 
+from . import dispatch
+
 __all__ = ["main", "run"]
 
-_M_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 
 def _gemm_configs(gemm, shapes: dict[str, tuple[int, int]] | None):
@@ -31,7 +32,7 @@ def _gemm_configs(gemm, shapes: dict[str, tuple[int, int]] | None):
         return None
     seen = {}
     for n, k in shapes.values():
-        for m in _M_BUCKETS:
+        for m in dispatch.M_BUCKETS:
             for cfg in candidates(m, n, k):
                 seen.setdefault(repr(cfg), cfg)
     return list(seen.values())

@@ -89,7 +89,9 @@ def _block_scales(x: torch.Tensor, global_scale: torch.Tensor | float):
     g = _as_global(global_scale, x.device)
     blocks = x.float().reshape(m, k // BLOCK_SIZE, BLOCK_SIZE)
     amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=-1)
-    sf_f32 = g * (amax / 6.0)
+    # Divide by a tensor, not a Python scalar: on CUDA, torch turns `x / scalar` into
+    # `x * (1 / scalar)`, which is not the IEEE division the contract specifies.
+    sf_f32 = g * (amax / torch.full_like(amax, E2M1_MAX))
     # torch's fp32 -> e4m3fn cast rounds to nearest even but does not saturate: clamp first
     # (NaN stays NaN: only a non-finite global scale gets there).
     sf = sf_f32.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)

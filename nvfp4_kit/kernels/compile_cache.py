@@ -49,6 +49,7 @@ from typing import Any
 
 from .. import __version__ as _kit_version
 from .. import env
+from ..device import is_capturing
 
 __all__ = [
     "compile",
@@ -70,6 +71,15 @@ _stats = {"memory_hits": 0, "disk_loads": 0, "compiles": 0, "disk_writes": 0, "b
 _dir_override: Path | None = None
 _arch_override: str | None = None
 _GENERIC_X86_HOST = "--host-target 'llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=x86-64'"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def kernels_dir() -> Path:
@@ -171,15 +181,11 @@ def _with_host_target(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
     return compile_kwargs
 
 
-def _capturing() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a cache built at image build (root) must be readable when serving
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -198,6 +204,9 @@ def _load(path: Path, prefix: str) -> Callable[..., Any] | None:
 
     try:
         return load_module(str(path))[prefix]
+    except OSError as exc:  # unreadable here (permissions, a transient error): leave it for others
+        log.warning("compile-cache: cannot read %s (%s); compiling in memory", path, exc)
+        return None
     except Exception as exc:  # a truncated/foreign file: drop it and compile again
         _stats["bad_entries"] += 1
         log.warning("compile-cache: unreadable entry %s (%s); recompiling", path, exc)
@@ -225,15 +234,13 @@ def compile(kernel_name: str, key: Mapping[str, object], jit_fn, *compile_args, 
     `key` must name everything the compile depends on besides the arch and library versions
     (dtypes, layout, tile config, static shapes): it is the cache key.
     """
-    text = _key_string(kernel_name, key)
-    options = compile_kwargs.get("options")
-    if isinstance(options, str) and "--gpu-arch" in options:
-        text += "@" + target_arch(compile_kwargs)  # an explicit target is part of the identity
+    # the target arch is part of the in-memory identity too: a process may compile for several
+    text = _key_string(kernel_name, key) + "@" + target_arch(compile_kwargs)
     fn = _memory.get(text)
     if fn is not None:
         _stats["memory_hits"] += 1
         return fn
-    if _capturing():
+    if is_capturing():
         raise RuntimeError(
             f"nvfp4_kit: kernel {text} is not compiled and a CUDA graph is being captured; "
             "warm up (or run `python -m nvfp4_kit.precompile`) before capture"

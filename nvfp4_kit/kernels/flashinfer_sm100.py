@@ -13,7 +13,10 @@ Layouts (FlashInfer's documented conventions for the cute-dsl, cutlass and cudnn
   is applied after the GEMM: one extra elementwise pass, and the output is rounded to bf16 twice.
 * trtllm needs its own weight shuffle (``shuffle_matrix_a``/``shuffle_matrix_sf_a``, epilogue tile 128),
   so a layer prepared for trtllm stays on trtllm; the other three share one preparation and the
-  selector may pick among them per M bucket.
+  selector may pick among them per M bucket (cutlass/cudnn only where N % 32 == 0: vLLM pads N to 32
+  for them). `backend_for_layout` refuses every other pairing.
+* Allocation: FlashInfer allocates its own quantize outputs (copied into ours) and the per-channel
+  alpha path makes an fp32 temporary, so this path is not allocation-free like the SM90 kernels.
 
 Quantization passes ``nvfp4_4over6=None`` so that FlashInfer ignores the ``FLASHINFER_NVFP4_4OVER6*``
 environment variables (they change numerics). Its default kernels use approximate reciprocals, so a rare
@@ -28,9 +31,17 @@ import torch
 
 from .. import env
 from ..backends import Fp4GemmBackend, Fp4QuantBackend
-from ..formats import ScaleLayout
+from ..formats import ScaleLayout, scale_shape
 
-__all__ = ["TRTLLM_EPILOGUE_TILE_M", "check_shape", "prepare_trtllm_weight", "gemm_out", "quantize_out"]
+__all__ = [
+    "TRTLLM_EPILOGUE_TILE_M",
+    "SHARED_PREP_BACKENDS",
+    "backend_for_layout",
+    "check_shape",
+    "prepare_trtllm_weight",
+    "gemm_out",
+    "quantize_out",
+]
 
 log = logging.getLogger("nvfp4_kit.flashinfer_sm100")
 TRTLLM_EPILOGUE_TILE_M = 128
@@ -55,10 +66,29 @@ def _flashinfer():
     return flashinfer
 
 
-def check_shape(n: int, k: int) -> None:
-    """FlashInfer's cute-dsl FP4 GEMM needs N % 8 == 0; the 128x4 scale atoms need K % 64 here."""
+def backend_for_layout(layout: str, backend: Fp4GemmBackend) -> Fp4GemmBackend:
+    """The FlashInfer backend a weight prepared in `layout` may run with (AUTO: the layout's default).
+
+    trtllm reads row-shuffled weights ("trtllm_128x4"); cute-dsl, cutlass and cudnn read the plain
+    128x4 layout ("swizzled_128x4"). Any other pairing would compute garbage silently, so it raises.
+    """
+    allowed = (Fp4GemmBackend.FLASHINFER_TRTLLM,) if layout == "trtllm_128x4" else SHARED_PREP_BACKENDS
+    if backend is Fp4GemmBackend.AUTO:
+        return allowed[0]
+    if backend not in allowed:
+        names = ", ".join(b.value for b in allowed)
+        raise ValueError(f"backend={backend.value!r} cannot run weights prepared as layout={layout!r}; "
+                         f"valid: {names}")
+    return backend
+
+
+def check_shape(n: int, k: int, backend: Fp4GemmBackend = Fp4GemmBackend.FLASHINFER_CUTEDSL) -> None:
+    """FlashInfer's cute-dsl FP4 GEMM needs N % 8 == 0; trtllm's weight shuffle N % 128 == 0; the 128x4
+    scale atoms need K % 64 == 0 here."""
     if n % 8:
         raise ValueError(f"n={n}: FlashInfer's cute-dsl FP4 GEMM requires N % 8 == 0")
+    if backend is Fp4GemmBackend.FLASHINFER_TRTLLM and n % TRTLLM_EPILOGUE_TILE_M:
+        raise ValueError(f"n={n}: FlashInfer's trtllm weight shuffle requires N % 128 == 0")
     if k % 64:
         raise ValueError(f"k={k}: the SM100 path requires K % 64 == 0 (whole 128x4 scale atoms)")
 
@@ -66,8 +96,11 @@ def check_shape(n: int, k: int) -> None:
 def prepare_trtllm_weight(w_packed: torch.Tensor, w_scale_linear: torch.Tensor):
     """TRT-LLM-gen's row shuffle of the weight and its linear scales (-> 128x4), done once at load."""
     fi = _flashinfer()
+    n, k = w_packed.shape[0], w_packed.shape[1] * 2
     w = fi.shuffle_matrix_a(w_packed.view(torch.uint8), TRTLLM_EPILOGUE_TILE_M)
     sf = fi.shuffle_matrix_sf_a(w_scale_linear.view(torch.uint8), TRTLLM_EPILOGUE_TILE_M)
+    # FlashInfer returns the interleaved scales flat; mm_fp4 takes them as a 2-D (rows, Kc) tensor .T
+    sf = sf.reshape(scale_shape(n, k, ScaleLayout.SWIZZLED_128x4))
     return w.contiguous(), sf.view(torch.float8_e4m3fn)
 
 

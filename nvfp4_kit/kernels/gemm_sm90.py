@@ -128,6 +128,8 @@ def precompile(arch: str, configs=None) -> list[str]:
 # --------------------------------------------------------------------------- workspace
 _ws_lock = threading.Lock()
 _workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+# Outgrown workspaces are kept, never freed: CUDA graphs captured earlier still read and write them.
+_retired: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def _sms(device: torch.device | None = None) -> int:
@@ -186,6 +188,8 @@ def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tens
             )
         old_e = 0 if ws is None else ws.numel()
         old_t = 0 if sem is None else sem.numel()
+        if ws is not None:
+            _retired.append((ws, sem))
         ws = torch.empty(max(elems, old_e, 1), dtype=torch.float32, device=torch.device("cuda", idx))
         sem = torch.zeros(max(tiles, old_t, 1), dtype=torch.int32, device=torch.device("cuda", idx))
         _workspaces[idx] = (ws, sem)

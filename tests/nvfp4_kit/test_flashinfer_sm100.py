@@ -134,3 +134,20 @@ def test_trtllm_preparation_uses_flashinfer_shuffles(sm100, flashinfer_module, m
     assert pw.layout == "trtllm_128x4"
     assert seen["shuffle_matrix_a"]["epilogue_tile_m"] == 128
     assert seen["shuffle_matrix_sf_a"]["input_tensor"].dtype == torch.uint8
+
+
+def test_layout_and_backend_must_match(sm100):
+    q = _weights()
+    pw = ops.prepare_weight(q["weight"], q["weight_scale"], q["weight_scale_2"], torch.tensor(0.01))
+    xp, xs = R.quantize(torch.randn(2, 128), pw.input_global_scale, "swizzled_128x4")
+    with pytest.raises(ValueError, match="backend='flashinfer_trtllm' cannot run weights prepared as layout='swizzled_128x4'"):
+        ops.gemm(xp, pw.weight, pw.weight_scale, pw.alpha, layout=pw.layout, n=pw.n, x_scale=xs, backend="trtllm")
+    y = ops.gemm(xp, pw.weight, pw.weight_scale, pw.alpha, layout=pw.layout, n=pw.n, x_scale=xs, backend="auto")
+    assert y.shape == (2, 256) and sm100[-1] == ("mm_fp4", "cute-dsl", False)
+
+
+def test_trtllm_needs_n_multiple_of_128(sm100):
+    q = _weights(n=200)
+    with pytest.raises(ValueError, match="n=200: FlashInfer's trtllm weight shuffle requires N % 128 == 0"):
+        ops.prepare_weight(q["weight"], q["weight_scale"], q["weight_scale_2"], torch.tensor(0.01),
+                           backend="trtllm")

@@ -198,3 +198,21 @@ def test_uint8_scales_are_accepted_as_e4m3_bytes(weight):
 def test_env_forces_mode(monkeypatch, weight):
     monkeypatch.setenv("NVFP4_KIT_MODE", "w4a4")
     assert _pw(weight).mode == "w4a4"
+
+
+def test_real_ops_validate_before_allocating(weight):
+    pw = _pw(weight)
+    x = torch.randn(4, K, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="n=-1"):
+        torch.ops.nvfp4.gemm(x, None, pw.weight, pw.weight_scale, pw.alpha, "linear", -1, torch.bfloat16, "reference")
+    with pytest.raises(ValueError, match="x: expected 2-D"):
+        torch.ops.nvfp4.quantize(torch.zeros(2, 2, 32, dtype=torch.bfloat16), torch.ones(1), "linear", "auto")
+
+
+def test_env_selects_the_quant_backend(monkeypatch):
+    monkeypatch.setenv("NVFP4_KIT_QUANT_BACKEND", "nope")
+    with pytest.raises(ValueError, match="Fp4QuantBackend 'nope'"):
+        ops.quantize(torch.zeros(2, 32, dtype=torch.bfloat16), torch.ones(1))
+    monkeypatch.setenv("NVFP4_KIT_QUANT_BACKEND", "reference")
+    packed, _ = ops.quantize(torch.ones(2, 32, dtype=torch.bfloat16), torch.ones(1))
+    assert packed.shape == (2, 16)

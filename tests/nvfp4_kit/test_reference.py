@@ -41,6 +41,16 @@ def test_subnormal_block_scale():
     assert _codes(packed)[:2] == [5, 8 | 3]
 
 
+def test_scale_uses_true_division_by_six():
+    # amax/6 = 0.0081380208.. rounds (IEEE) so that 3 * it is exactly 0.0244140625, an e4m3 tie that
+    # rounds to even: code 12. amax * fp32(1/6) (what CUDA torch does for `x / 6.0`) lands one ulp
+    # above the tie and gives code 13: the reference must divide.
+    x = torch.zeros(1, 16)
+    x[0, 0] = 0.048828125
+    _, sf = R.quantize(x, 3.0)
+    assert sf.view(torch.uint8).item() == 12
+
+
 def test_zero_block_has_zero_scale_and_codes():
     packed, sf = R.quantize(torch.zeros(2, 32), 5.0)
     assert sf.float().abs().sum() == 0 and packed.sum() == 0
@@ -173,9 +183,16 @@ def test_approx_reciprocal_flip_rate():
 
 
 @pytest.mark.gpu
-def test_reference_runs_identically_on_gpu():
-    x = torch.randn(33, 256, dtype=torch.bfloat16) * 5
-    p_cpu, s_cpu = R.quantize(x, 11.0, "swizzled_128x4")
-    p_gpu, s_gpu = R.quantize(x.cuda(), torch.tensor([11.0], device="cuda"), "swizzled_128x4")
-    assert torch.equal(p_cpu, p_gpu.cpu())
+@pytest.mark.parametrize("global_scale", [11.0, 3.0, 2688.0 / 7.3])
+def test_reference_runs_identically_on_gpu(global_scale):
+    # every positive bf16 value below 448 as a block amax, plus random blocks
+    amax = torch.arange(1, 0x43E0, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    blocks = torch.zeros(amax.numel(), 16, dtype=torch.bfloat16)
+    blocks[:, 0] = amax
+    blocks[:, 1:] = amax[:, None] * torch.rand(amax.numel(), 15).to(torch.bfloat16)
+    x = torch.cat([blocks, torch.randn(64, 16, dtype=torch.bfloat16) * 5])  # (blocks, K=16)
+    p_cpu, s_cpu = R.quantize(x, global_scale, "swizzled_128x4")
+    g = torch.tensor([global_scale], device="cuda")
+    p_gpu, s_gpu = R.quantize(x.cuda(), g, "swizzled_128x4")
     assert torch.equal(s_cpu.view(torch.uint8), s_gpu.cpu().view(torch.uint8))
+    assert torch.equal(p_cpu, p_gpu.cpu())

@@ -102,7 +102,7 @@ def test_disable_disk_cache_keeps_memory_only(cache, monkeypatch):
 
 
 def test_refuses_to_compile_during_graph_capture(cache, monkeypatch):
-    monkeypatch.setattr(compile_cache, "_capturing", lambda: True)
+    monkeypatch.setattr(compile_cache, "is_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA graph is being captured"):
         compile_cache.compile("t_copy", {"v": 5}, _copy, *_args())
 
@@ -141,3 +141,11 @@ def test_concurrent_processes_write_one_valid_entry(cache):
     compile_cache._source_digests.clear()
     compile_cache.compile("t_race", {"v": 1}, _copy, *_args())  # loads the raced file
     assert compile_cache.stats()["disk_loads"] == 1
+
+
+def test_entries_are_readable_by_other_users(cache):
+    # built as root at image build, loaded by the serving user: mkstemp's 0600 must not survive
+    compile_cache.clear_memory_cache()
+    compile_cache.compile("t_copy", {"v": 6}, _copy, *_args())
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    assert entries and all(p.stat().st_mode & 0o044 == 0o044 for p in entries)
