@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_model_corpus import EOS, heldout_texts, load_documents  # noqa: E402
+from train_default_model import evaluate  # noqa: E402
 
 from nvfp4_kit import reference  # noqa: E402
 
@@ -39,18 +40,10 @@ def heldout_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-@torch.no_grad()
 def perplexity(model, data: torch.Tensor, seq_len: int) -> tuple[float, int]:
-    model.eval()
-    n = (len(data) - 1) // seq_len
-    x = data[: n * seq_len].view(n, seq_len)
-    y = data[1: n * seq_len + 1].view(n, seq_len)
-    nll = 0.0
-    for i in range(0, n, 8):
-        logits = model(input_ids=x[i: i + 8]).logits.float()
-        nll += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y[i: i + 8].reshape(-1), reduction="sum").item()
-    return math.exp(nll / (n * seq_len)), n * seq_len
+    """(perplexity, tokens scored) over every whole window of `data`."""
+    windows = (len(data) - 1) // seq_len
+    return math.exp(evaluate(model, data, seq_len, max_windows=windows)), windows * seq_len
 
 
 class FakeQuantInput(torch.nn.Module):
