@@ -19,10 +19,11 @@ status=0
 step() { echo; echo "=== $1 ($(date +%T))"; }
 
 if [ -z "${SKIP_TESTS:-}" ]; then
-  step "pytest -m gpu tests/mini_engine"
+  step "pytest -m gpu tests/mini_engine tests/nvfp4_kit/test_reference.py"
   ignore=""  # the server's tests need the openai client, which the GPU box may lack
   python3 -c "import openai" 2>/dev/null || ignore="--ignore=tests/mini_engine/server"
-  python3 -m pytest -q -m gpu tests/mini_engine $ignore -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log"
+  python3 -m pytest -q -m gpu tests/mini_engine tests/nvfp4_kit/test_reference.py $ignore -p no:cacheprovider \
+    2>&1 | tee "$OUT/pytest_gpu.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
@@ -38,9 +39,16 @@ if [ -z "${SKIP_CHECK:-}" ]; then
   rm -rf /tmp/l8b-nvfp4
   python3 -m mini_engine.make_checkpoint --preset llama-3.1-8b --format nvfp4 --out /tmp/l8b-nvfp4 \
     --calib-tokens 512 2>&1 | tee "$OUT/make_checkpoint_8b.log"
-  step "mini_engine.check on the 8B-preset NVFP4 checkpoint (reference fp32 on the GPU)"
+  # bf16 engine (what serves), then fp32 activations + torch attention (the kit's kernels alone,
+  # without the bf16 residual stream's drift); the reference is fp32 on the GPU either way.
+  step "mini_engine.check, 8B-preset NVFP4, bf16 engine"
   python3 -m mini_engine.check --model /tmp/l8b-nvfp4 --modes w4a16,w4a4 --ref-device cuda \
-    --json "$OUT/check_8b.json" 2>&1 | tee "$OUT/check_8b.log"
+    --json "$OUT/check_8b_bf16.json" 2>&1 | tee "$OUT/check_8b_bf16.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  step "mini_engine.check, 8B-preset NVFP4, fp32 engine, torch attention"
+  MINI_ENGINE_ATTENTION_BACKEND=torch python3 -m mini_engine.check --model /tmp/l8b-nvfp4 \
+    --modes w4a16,w4a4 --ref-device cuda --dtype float32 \
+    --json "$OUT/check_8b_fp32.json" 2>&1 | tee "$OUT/check_8b_fp32.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   rm -rf /tmp/l8b-nvfp4
 fi
