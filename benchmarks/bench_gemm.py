@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from nvfp4_kit import reference  # noqa: E402
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
 from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig  # noqa: E402
+from nvfp4_kit.provenance import git_commit  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, event_time_us, graph_time_us  # noqa: E402
 
 SHAPES = {  # name: (N, K)
@@ -289,7 +290,7 @@ def bench(args) -> None:
     stamp = datetime.date.today().isoformat()
     doc = {
         "device": torch.cuda.get_device_name(),
-        "commit": _commit(),
+        "commit": git_commit(),
         "copy_bw_tbps": bw / 1e12,
         "versions": _versions(),
         "command": " ".join(sys.argv),
@@ -366,14 +367,6 @@ def compile_times(args) -> None:
 
 
 # ------------------------------------------------------------------------------ output
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "none"
-    except OSError:
-        return "none"
-
-
 def _versions() -> dict:
     import cutlass
 

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from nvfp4_kit import reference  # noqa: E402
 from nvfp4_kit.formats import scale_shape  # noqa: E402
+from nvfp4_kit.provenance import git_commit  # noqa: E402
 from nvfp4_kit.timing import graph_time_us  # noqa: E402
 
 M_ALL = [2**i for i in range(16)]
@@ -149,14 +149,6 @@ def _versions() -> dict[str, str]:
             "cuda": str(torch.version.cuda)}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "uncommitted"
-
-
 def run(quick: bool, tune: bool) -> dict:
     from nvfp4_kit.kernels.quantize import QuantConfig
 
@@ -192,7 +184,7 @@ def run(quick: bool, tune: bool) -> dict:
     repeat = [{"layout": lay, "M": m, "K": k, "median_us": round(bench_ours(m, k, lay), 3)}
               for lay in ("linear", "swizzled_128x4") for m, k in ((8192, 4096), (128, 4096))]
     props = torch.cuda.get_device_properties(0)
-    return {"device": props.name, "repeat": repeat, "commit": _commit(), "versions": _versions(),
+    return {"device": props.name, "repeat": repeat, "commit": git_commit(), "versions": _versions(),
             "date": datetime.date.today().isoformat(),
             "method": "CUDA-graph replay median / launches; inputs rotated past 2x L2 (<=16 copies)",
             "launch_overhead": launch_overhead_us(), "records": records}

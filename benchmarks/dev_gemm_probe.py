@@ -3,6 +3,7 @@
 Times the real kernel against two crippled copies on the same shape (results are garbage there):
 probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies).
     python benchmarks/dev_gemm_probe.py --shape 28672x4096 --m 1
+    python benchmarks/dev_gemm_probe.py --shape 4096x4096 --probes 0 --cfg "8,1,4,2,3;8,1,8,2,4"
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="28672x4096")
     p.add_argument("--m", type=int, default=1)
-    p.add_argument("--cfg", default="8,1,8,2,3")
+    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm;..."')
+    p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data movement only")
     a = p.parse_args()
     n, k = (int(v) for v in a.shape.split("x"))
-    bn, wgs, st, ps, c = (int(v) for v in a.cfg.split(","))
-    cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps)
+    for spec in a.cfg.split(";"):
+        bn, wgs, st, ps, c = (int(v) for v in spec.split(","))
+        cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps)
+        run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")])
+
+
+def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int]) -> None:
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
     from cutlass.cute.runtime import make_ptr
@@ -45,17 +52,17 @@ def main() -> None:
 
     nt, kc = -(-n // 128) * 2, -(-k // 128)  # 64-row tiles (N padded to 128), K chunks
     w = torch.randint(-(2**31), 2**31 - 1, (nt, kc, 2, 128, 4), dtype=torch.int32, device="cuda")
-    s = torch.randint(0, 140, (w.shape[0], w.shape[1], 128, 16), dtype=torch.uint8, device="cuda")
+    s = torch.randint(0, 140, (w.shape[0], w.shape[1], 32, 16), dtype=torch.uint8, device="cuda")
     extra = copies_to_exceed_l2(w.numel() * 4 + s.numel()) - 1
     copies = [(w, s)] + [(w.clone(), s.clone()) for _ in range(extra)]
-    x = torch.randn(a.m, k, device="cuda").to(torch.bfloat16)
-    out = torch.empty(a.m, n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     alpha = torch.ones(1, device="cuda")
-    grid, total, n_tiles = stream_k_grid(a.m, n, k, cfg, 132)
-    G.reserve_workspace(0, a.m, n, cfg)
+    grid, total, n_tiles = stream_k_grid(m, n, k, cfg, 132)
+    G.reserve_workspace(0, m, n, cfg)
     ws, sem = G._workspaces[0]
     nbytes = n * k * 0.5625
-    for probe in (0, 1, 2):
+    for probe in probes:
         fn = compiled(cfg, probe)
 
         def call(cw, cs, fn=fn):
@@ -68,7 +75,7 @@ def main() -> None:
                 Int64(out.data_ptr()),
                 Int64(ws.data_ptr()),
                 Int64(sem.data_ptr()),
-                a.m,
+                m,
                 n,
                 k,
                 n_tiles,
@@ -82,7 +89,7 @@ def main() -> None:
         us = graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=7)
         print(
             f"probe {probe} ({['full', 'no wgmma', 'data only'][probe]:9s}) {cfg.name} N={n} K={k} "
-            f"M={a.m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
+            f"M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
             flush=True,
         )
 

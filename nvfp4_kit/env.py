@@ -19,6 +19,7 @@ __all__ = [
     "kit_enabled_for_sglang",
     "cute_dsl_arch",
     "flashinfer_numerics_env",
+    "source_commit",
 ]
 
 
@@ -34,6 +35,12 @@ def _flag(name: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name}={os.environ[name]!r}: expected one of 1/0/true/false/yes/no/on/off")
+
+
+def source_commit() -> str | None:
+    """NVFP4_KIT_SOURCE_COMMIT: the git commit benchmark results record when the tree they run in has
+    no history (a copy of the working tree on a GPU box); unset: `git rev-parse` decides."""
+    return _get("NVFP4_KIT_SOURCE_COMMIT")
 
 
 def cache_dir() -> Path:

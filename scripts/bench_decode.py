@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nvfp4_kit.provenance import git_commit  # noqa: E402
 
 CATEGORIES = (  # first match wins; kernel names lower-cased
     ("attention (triton)", ("_decode_kernel", "_reduce_kernel", "_rope_store", "_prefill_kernel")),
@@ -172,13 +173,10 @@ def main() -> int:
             continue
         records.append(rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "profile"}), flush=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     import triton
 
-    doc = {"device": torch.cuda.get_device_name(0), "commit": commit or "uncommitted",
+    doc = {"device": torch.cuda.get_device_name(0), "commit": commit,
            "versions": {"torch": torch.__version__, "triton": triton.__version__}, "records": records}
     (args.out / "bench_decode.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# batch-1 decode, Llama-3.1-8B shape, dummy weights, CUDA graphs ({doc['device']})", "",

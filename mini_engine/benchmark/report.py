@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from nvfp4_kit.provenance import git_commit
+
 from .metrics import RECORD_FIELDS
 
 __all__ = ["environment", "write_results", "format_table", "load_results", "merge_results"]
@@ -38,15 +40,6 @@ def _device_name() -> str:
     return "cpu: " + (platform.processor() or platform.machine())
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).resolve().parents[2])
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def environment(device: str | None = None) -> dict[str, Any]:
     versions = {"python": sys.version.split()[0]}
     for pkg in _PACKAGES:
@@ -60,7 +53,7 @@ def environment(device: str | None = None) -> dict[str, Any]:
         versions["nvfp4_kit"] = nvfp4_kit.__version__
     except Exception:
         pass
-    return {"device": device or _device_name(), "commit": _commit(), "versions": versions}
+    return {"device": device or _device_name(), "commit": git_commit(), "versions": versions}
 
 
 def write_results(out_json: Path, doc: dict[str, Any]) -> Path:

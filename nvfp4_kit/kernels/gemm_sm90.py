@@ -33,7 +33,7 @@ from .gemm_sm90_config import (
     heuristic_config,
     stream_k_grid,
 )
-from .gemm_sm90_layout import K_CHUNK, ROW_TILE, padded_shape, prepare_weight, unprepare_weight
+from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, padded_shape, prepare_weight, unprepare_weight
 
 __all__ = [
     "LAYOUT",
@@ -215,10 +215,10 @@ def _check_call(x, w, w_scale, alpha, out) -> tuple[int, int, int]:
             f"w: expected contiguous int32 {(nt, kc, 2, 128, 4)} (sm90 layout for "
             f"N={n}, K={k}), got {w.dtype} {tuple(w.shape)}"
         )
-    s_shape = (nt, kc, 128, 16)
+    s_shape = (nt, kc, SCALE_GROUPS, 16)
     if w_scale.dtype != torch.uint8 or tuple(w_scale.shape) != s_shape or not w_scale.is_contiguous():
         raise ValueError(
-            f"w_scale: expected contiguous uint8 {(nt, kc, 128, 16)} (sm90 scale "
+            f"w_scale: expected contiguous uint8 {s_shape} (sm90 scale "
             f"codes), got {w_scale.dtype} {tuple(w_scale.shape)}"
         )
     if alpha.dtype != torch.float32 or alpha.numel() not in (1, n) or not alpha.is_contiguous():

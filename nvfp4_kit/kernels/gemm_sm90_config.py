@@ -66,7 +66,7 @@ class GemmConfig:
     @property
     def smem_bytes(self) -> int:
         """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup)."""
-        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * 6144) + 1024
+        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * (4096 + 512)) + 1024
 
     @property
     def name(self) -> str:

@@ -4,7 +4,7 @@ Design (Hopper, swap-AB, mixed input):
   1. Swap-AB: weight rows are wgmma's M (64 per consumer warpgroup), tokens its N (bn = 8..128),
      so a decode batch of 1..16 tokens still fills the 64-row MMA.
   2. One producer warp fills a `stages`-deep mbarrier pipeline: per 128-wide K chunk, the packed
-     weights of each 64-row tile (pre-shuffled so they are 4 KB + 2 KB contiguous: two 1-D bulk
+     weights of each 64-row tile (pre-shuffled so they are 4 KB + 512 B contiguous: two 1-D bulk
      copies, no tensor map) and the activation tile (TMA, zero-filled past M and K).
   3. Consumer warpgroups read their own 48 bytes per chunk from shared memory (conflict-free
      16-byte loads), dequantize in registers (gemm_sm90_ptx: e2m1 -> bf16 by bit placement, times
@@ -40,14 +40,14 @@ from cutlass import BFloat16, Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from .gemm_sm90_epilogue import StreamKEpilogue
-from .gemm_sm90_layout import K_CHUNK, ROW_TILE, STEPS
+from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
 from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_v4
 
 __all__ = ["Sm90W4A16Kernel"]
 
 _WG = 128  # threads per warpgroup
 _W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
-_S_CHUNK_BYTES = _WG * 16  # scale codes of one 64-row tile x one K chunk
+_S_CHUNK_BYTES = SCALE_GROUPS * 16  # scale codes of one 64-row tile x one K chunk (512 B)
 
 
 class Sm90W4A16Kernel(StreamKEpilogue):
@@ -87,7 +87,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self,
         x_ptr: cute.Pointer,  # bf16 [m, k] row-major, 16-byte aligned
         w_addr: Int64,  # int32 words (Nt, Kc, 2, 128, 4)
-        s_addr: Int64,  # uint8 codes (Nt, Kc, 128, 16)
+        s_addr: Int64,  # uint8 codes (Nt, Kc, 32, 16)
         alpha_addr: Int64,  # fp32 [1] or [n]
         out_addr: Int64,  # bf16 [m, n] row-major
         ws_addr: Int64,  # fp32 stream-K partials: (m_tiles, grid_x, 2 slots, bm * bn)
@@ -274,7 +274,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks):
-        """Bulk-copy chunk g's packed weights (4 KB) and scale codes (2 KB) of every warpgroup's
+        """Bulk-copy chunk g's packed weights (4 KB) and scale codes (512 B) of every warpgroup's
         64-row tile into pipeline stage `stage` (contiguous in gemm_sm90_layout's order)."""
         tile = g // k_chunks
         kc = g - tile * k_chunks
@@ -335,7 +335,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         ]
         wbuf = cute.make_rmem_tensor((12,), Int32)  # this chunk's 8 nibble words + 4 code words
         w_thr = sw_base + wg * _W_CHUNK_BYTES + t * 16
-        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + t * 16
+        # the 4 threads sharing rows g, g+8 read the same 16 bytes (layout: scale group 8w + l//4)
+        s_group = 8 * (t // 32) + (t % 32) // 4
+        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + s_group * 16
         # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
         # in a tuple before the loop would keep the stale pre-loop value)
         ctx = (mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr)

@@ -16,8 +16,11 @@ four bf16x2 registers r0..r3 = (g, 2c|2c+1), (g+8, 2c|2c+1), (g, 2c+8|2c+9), (g+
   so r0 = (w << 6) & M, r1 = (w << 3) & M, r2 = w & M with M = 0x81C081C0 put each e2m1 magnitude
   at bf16 bits [8:6] and its sign at bit 15: that bf16 IS e2m1 * 2^-126 (0.5 -> a subnormal).
   r3 needs three shifts (no 4-way tiling of the pattern exists; searched exhaustively).
-* scale: uint8 codes (Nt, Kc, 128, 16); bytes [4j..4j+3] of thread t are the codes of row g (j even)
-  or g+8 (j odd) for steps 4(j//2)..4(j//2)+3. A code c decodes with two integer ops to the bf16
+* scale: uint8 codes (Nt, Kc, 32, 16), 512 bytes per tile and chunk (one byte per 16 weights, no
+  redundancy: HBM bytes are the decode time). Row group q = 8w + l//4 (0..31) holds rows g and g+8;
+  bytes [4j..4j+3] of group q are the codes of row g (j even) or g+8 (j odd) for steps
+  4(j//2)..4(j//2)+3. The four threads c = 0..3 that share rows read the same 16 bytes (a shared-
+  memory broadcast, no bank conflict). A code c decodes with two integer ops to the bf16
   S = (c << 4) + 0x7680 == e4m3 scale * 2^119 (every e4m3 value times 2^119 is a normal bf16 with
   exponent field 237..254 and 3 mantissa bits, so it fits a byte). Then one bf16x2 multiply
   (e2m1 * 2^-126) * (scale * 2^119) = e2m1 * scale * 2^-7 is exact (<= 6 significant bits, normal
@@ -44,6 +47,7 @@ __all__ = [
     "ROW_TILE",
     "ROW_PAD",
     "K_CHUNK",
+    "SCALE_GROUPS",
     "SCALE_BIAS_LOG2",
     "padded_shape",
     "scale_code_table",
@@ -56,6 +60,7 @@ ROW_TILE = 64  # weight rows per warpgroup (wgmma M)
 ROW_PAD = 128  # N is padded to this (configs use 1 or 2 warpgroups per CTA)
 K_CHUNK = 128  # K per 16-byte weight load pair and per activation TMA tile
 STEPS = K_CHUNK // 16
+SCALE_GROUPS = ROW_TILE // 2  # 16-byte scale groups per tile and chunk: rows g and g+8 of thread t
 SCALE_BIAS_LOG2 = 7  # dequantized weights are e2m1*scale*2^-7; the epilogue multiplies by 2^7
 _S_BASE = 0x7680  # bf16 bits of 2^110: code 0
 _ZERO_CODE = 1
@@ -110,6 +115,17 @@ def _thread_coords() -> tuple[torch.Tensor, torch.Tensor]:
     return (t % 32) // 4 + 16 * (t // 32), t % 4
 
 
+def _group_rows() -> torch.Tensor:
+    """Per scale group q = 8w + l//4: its first row g = 16w + l//4 (the second is g + 8)."""
+    q = torch.arange(SCALE_GROUPS)
+    return 16 * (q // 8) + q % 8
+
+
+def thread_scale_group(t: torch.Tensor) -> torch.Tensor:
+    """The scale group a warpgroup thread t reads (the kernel's address arithmetic, for tests)."""
+    return 8 * (t // 32) + (t % 32) // 4
+
+
 # (register j, half h) -> (row offset, column offset) inside a k16 step for g, 2c.
 _REG_ELEMS = (((0, 0), (0, 1)), ((8, 0), (8, 1)), ((0, 8), (0, 9)), ((8, 8), (8, 9)))
 # (register j) -> word bit of magnitude bit 0,1,2 and of the sign (lo half; hi half is +16)
@@ -135,7 +151,7 @@ def _check_inputs(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[int, i
 
 def prepare_weight(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w_packed (N, K/2) uint8 + w_scale (N, K/16) e4m3 (linear) -> (words int32 (Nt,Kc,2,128,4),
-    scale codes uint8 (Nt,Kc,128,16)). Pure torch, runs on the inputs' device (CPU is fine)."""
+    scale codes uint8 (Nt,Kc,32,16)). Pure torch, runs on the inputs' device (CPU is fine)."""
     n, k = _check_inputs(w_packed, w_scale)
     device = w_packed.device
     encode, _ = _tables()
@@ -171,10 +187,11 @@ def prepare_weight(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch
     words = words.view(nt, kc, 2, 4, 128).permute(0, 1, 2, 4, 3)  # (nt, kc, slot, t, word)
     w_out = (words - ((words >> 31) << 32)).to(torch.int32).contiguous()  # two's complement
     cv = cp.view(nt, ROW_TILE, kc, STEPS)
-    s_out = torch.zeros(nt, kc, 128, 16, dtype=torch.int32, device=device)
+    g_rows = _group_rows().to(device)
+    s_out = torch.zeros(nt, kc, SCALE_GROUPS, 16, dtype=torch.int32, device=device)
     for j in range(4):  # byte group j: row g (j even) / g+8 (j odd), steps 4*(j//2)..+3
-        rows = g + 8 * (j % 2)
-        part = cv[:, rows, :, 4 * (j // 2) : 4 * (j // 2) + 4]  # (nt, 128, kc, 4)
+        rows = g_rows + 8 * (j % 2)
+        part = cv[:, rows, :, 4 * (j // 2) : 4 * (j // 2) + 4]  # (nt, 32, kc, 4)
         s_out[:, :, :, 4 * j : 4 * j + 4] = part.permute(0, 2, 1, 3)
     return w_out, s_out.to(torch.uint8).contiguous()
 
@@ -198,8 +215,7 @@ def _unshuffle_codes(w: torch.Tensor, nt: int, kc: int) -> torch.Tensor:
 
 
 def _unshuffle_scale_codes(s: torch.Tensor, nt: int, kc: int) -> torch.Tensor:
-    g, _ = _thread_coords()
-    g = g.to(s.device)
+    g = _group_rows().to(s.device)
     out = torch.zeros(nt, ROW_TILE, kc, STEPS, dtype=torch.long, device=s.device)
     sl = s.to(torch.long)
     for j in range(4):
@@ -216,9 +232,9 @@ def check_prepared(w: torch.Tensor, w_scale: torch.Tensor, n: int, k: int) -> tu
             f"w: expected int32 {(nt, kc, 2, 128, 4)} for n={n}, k={k} (sm90 layout), "
             f"got {w.dtype} {tuple(w.shape)}"
         )
-    if w_scale.dtype != torch.uint8 or tuple(w_scale.shape) != (nt, kc, 128, 16):
+    if w_scale.dtype != torch.uint8 or tuple(w_scale.shape) != (nt, kc, SCALE_GROUPS, 16):
         raise ValueError(
-            f"w_scale: expected uint8 {(nt, kc, 128, 16)} (sm90 scale codes), got "
+            f"w_scale: expected uint8 {(nt, kc, SCALE_GROUPS, 16)} (sm90 scale codes), got "
             f"{w_scale.dtype} {tuple(w_scale.shape)}"
         )
     return nt, kc
@@ -248,8 +264,8 @@ def emulate_dequant(w: torch.Tensor, w_scale: torch.Tensor, n: int, k: int) -> t
         words & m,
         ((words >> 4) & 0x00C000C0) | ((words >> 5) & 0x01000100) | ((words << 1) & 0x80008000),
     ]
-    sc = w_scale.to(torch.int64)  # (nt, kc, 128, 16)
     g, c = _thread_coords()
+    sc = w_scale.to(torch.int64)[:, :, thread_scale_group(torch.arange(128))]  # (nt, kc, 128, 16)
     out = torch.zeros(ROW_TILE, 16, nt, kc, STEPS, dtype=torch.bfloat16)
     for s in range(STEPS):
         for row_sel in range(2):  # 0: row g, 1: row g+8

@@ -19,7 +19,7 @@ def test_round_trip_and_dequant_exact(n, k):
     w, s = L.prepare_weight(q["weight"], q["weight_scale"])
     n_pad, k_pad = L.padded_shape(n, k)
     assert w.shape == (n_pad // 64, k_pad // 128, 2, 128, 4) and w.dtype == torch.int32
-    assert s.shape == (n_pad // 64, k_pad // 128, 128, 16) and s.dtype == torch.uint8
+    assert s.shape == (n_pad // 64, k_pad // 128, 32, 16) and s.dtype == torch.uint8
     w2, s2 = L.unprepare_weight(w, s, n, k)
     assert torch.equal(w2, q["weight"])
     assert torch.equal(s2.view(torch.uint8), q["weight_scale"].view(torch.uint8))
