@@ -220,12 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="where to generate/quantize (auto: cuda if present)")
     ap.add_argument("--calib-tokens", type=int, default=1024)
+    ap.add_argument("--num-layers", type=int, default=None,
+                    help="override the preset's num_hidden_layers (same GEMM shapes, shallower model)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     try:
         if args.src is not None:
+            if args.num_layers is not None:
+                raise ValueError("--num-layers: only with --preset")
             if args.format != "nvfp4":
                 raise ValueError("--format: --from converts to nvfp4 only")
             from transformers import AutoTokenizer
@@ -234,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             tok, tok_dir = AutoTokenizer.from_pretrained(str(args.src)), args.src
         else:
             cfg, tok, tok_dir = preset_config(args.preset), preset_tokenizer(args.preset), None
+            if args.num_layers is not None:
+                if args.num_layers < 1:
+                    raise ValueError(f"--num-layers: {args.num_layers}, expected >= 1")
+                cfg["num_hidden_layers"] = args.num_layers
             sd = random_state_dict(cfg, args.seed, device)
         if args.format == "nvfp4":
             amax = calibrate_input_amax(cfg, sd, tok, args.calib_tokens)

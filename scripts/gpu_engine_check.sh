@@ -35,22 +35,27 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 fi
 
 if [ -z "${SKIP_CHECK:-}" ]; then
-  step "make_checkpoint llama-3.1-8b nvfp4 -> /tmp/l8b-nvfp4"
-  rm -rf /tmp/l8b-nvfp4
-  python3 -m mini_engine.make_checkpoint --preset llama-3.1-8b --format nvfp4 --out /tmp/l8b-nvfp4 \
-    --calib-tokens 512 2>&1 | tee "$OUT/make_checkpoint_8b.log"
-  # bf16 engine (what serves), then fp32 activations + torch attention (the kit's kernels alone,
-  # without the bf16 residual stream's drift); the reference is fp32 on the GPU either way.
-  step "mini_engine.check, 8B-preset NVFP4, bf16 engine"
-  python3 -m mini_engine.check --model /tmp/l8b-nvfp4 --modes w4a16,w4a4 --ref-device cuda \
-    --json "$OUT/check_8b_bf16.json" 2>&1 | tee "$OUT/check_8b_bf16.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  step "mini_engine.check, 8B-preset NVFP4, fp32 engine, torch attention"
-  MINI_ENGINE_ATTENTION_BACKEND=torch python3 -m mini_engine.check --model /tmp/l8b-nvfp4 \
-    --modes w4a16,w4a4 --ref-device cuda --dtype float32 \
-    --json "$OUT/check_8b_fp32.json" 2>&1 | tee "$OUT/check_8b_fp32.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  rm -rf /tmp/l8b-nvfp4
+  # The 8B preset at full depth (32 layers) and at 4 layers (every 8B GEMM shape, but shallow enough
+  # that random weights are not chaotic: the 32-layer W4A4 noise floor makes that check INCONCLUSIVE).
+  for layers in ${CHECK_LAYERS:-4 32}; do
+    ckpt=/tmp/l8b-nvfp4-L$layers
+    step "make_checkpoint llama-3.1-8b nvfp4, $layers layers -> $ckpt"
+    rm -rf "$ckpt"
+    python3 -m mini_engine.make_checkpoint --preset llama-3.1-8b --num-layers "$layers" --format nvfp4 \
+      --out "$ckpt" --calib-tokens 512 2>&1 | tee "$OUT/make_checkpoint_8b_L$layers.log"
+    # bf16 engine (what serves), then fp32 activations + torch attention (the kit's kernels alone,
+    # without the bf16 residual stream's drift); the reference is fp32 on the GPU either way.
+    step "mini_engine.check, 8B-preset NVFP4 ($layers layers), bf16 engine"
+    python3 -m mini_engine.check --model "$ckpt" --modes w4a16,w4a4 --ref-device cuda \
+      --json "$OUT/check_8b_L${layers}_bf16.json" 2>&1 | tee "$OUT/check_8b_L${layers}_bf16.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    step "mini_engine.check, 8B-preset NVFP4 ($layers layers), fp32 engine, torch attention"
+    MINI_ENGINE_ATTENTION_BACKEND=torch python3 -m mini_engine.check --model "$ckpt" \
+      --modes w4a16,w4a4 --ref-device cuda --dtype float32 \
+      --json "$OUT/check_8b_L${layers}_fp32.json" 2>&1 | tee "$OUT/check_8b_L${layers}_fp32.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    rm -rf "$ckpt"
+  done
 fi
 
 step "done: status $status; files in $OUT"

@@ -77,12 +77,13 @@ def test_triton_norm_and_silu_match_torch():
     assert torch.allclose(SiluAndMul()(g).float(), ref, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("mode", ["bf16", "w4a16", "w4a4"])
-def test_check_passes_on_cuda_with_cuda_graphs(tiny_dirs, mode):
+@pytest.mark.parametrize("mode, dtype", [("bf16", "auto"), ("w4a16", "auto"), ("w4a4", "auto"),
+                                         ("w4a16", "float32"), ("w4a4", "float32")])
+def test_check_passes_on_cuda_with_cuda_graphs(tiny_dirs, mode, dtype):
     from mini_engine.check import run_mode
 
     model = tiny_dirs["bf16" if mode == "bf16" else "nvfp4"]
-    res = run_mode(str(model), mode, max_tokens=12, device="cuda", ref_device="cuda")
+    res = run_mode(str(model), mode, max_tokens=12, device="cuda", ref_device="cuda", dtype=dtype)
     assert res.passed, res
 
 
