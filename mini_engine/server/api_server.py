@@ -84,6 +84,7 @@ def build_app(engine: Any, *, model_names: list[str], max_model_len: int,
             yield
         finally:
             async_engine.shutdown()
+            serving.close()
 
     app = FastAPI(title="mini_engine OpenAI-compatible server", lifespan=lifespan)
     app.state.async_engine = async_engine

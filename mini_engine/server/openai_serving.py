@@ -14,6 +14,7 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import Request
@@ -73,6 +74,15 @@ class OpenAIServing:
         self.counters = counters
         self.params_cls = params_cls
         self.vocab_size = len(self.tokenizer)
+        # Tokenizing a long prompt takes milliseconds: off the event loop, so it does not stall the
+        # other requests' streams; one worker, as the tokenizer copy must stay on one thread.
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
 
     # ---------------------------------------------------------------- validation
     def check_model(self, name: str | None) -> str:
@@ -267,7 +277,7 @@ class OpenAIServing:
                           ("best_of", req.best_of not in (None, 1))):
             if bad:
                 raise ApiError(400, f"{name}: not supported", name)
-        prompts = self.completion_prompts(req.prompt)
+        prompts = await self._off_loop(self.completion_prompts, req.prompt)
         params = [self.sampling_params(req, len(p), req.max_tokens) for p in prompts]
         choices, sink = await self._submit(prompts, params)
         rid, created = random_id("cmpl"), int(time.time())
@@ -293,7 +303,7 @@ class OpenAIServing:
 
     async def chat(self, req: ChatCompletionRequest, raw: Request):
         model = self.check_model(req.model)
-        prompt = self.chat_prompt(req)
+        prompt = await self._off_loop(self.chat_prompt, req)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
             else req.max_tokens
         params = self.sampling_params(req, len(prompt), max_tokens)

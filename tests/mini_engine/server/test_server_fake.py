@@ -252,3 +252,27 @@ def test_overload_answers_503(default_tokenizer):
         assert all(r.status_code == 503 and r.body["code"] == 503 for r in rejected)
         text = _wait_idle(srv.base_url)
         assert metric_value(text, "mini_engine:request_rejected_overload_total") == len(rejected)
+
+
+def test_prompts_are_tokenized_off_the_event_loop(default_tokenizer, monkeypatch):
+    """A long prompt's tokenization must not stall other requests' streams on the event loop."""
+    import threading
+
+    from mini_engine.server.openai_serving import OpenAIServing
+
+    seen: list[str] = []
+    for name in ("completion_prompts", "chat_prompt"):
+        orig = getattr(OpenAIServing, name)
+
+        def record(self, *args, _orig=orig):
+            seen.append(threading.current_thread().name)
+            return _orig(self, *args)
+
+        monkeypatch.setattr(OpenAIServing, name, record)
+    engine = FakeEngine(default_tokenizer, max_model_len=256, max_num_seqs=2)
+    app = build_app(engine, model_names=[MODEL], max_model_len=256, params_cls=SamplingParams)
+    with ThreadedServer(app) as srv:
+        c = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="x", max_retries=0)
+        assert c.completions.create(model=MODEL, prompt="hello there", max_tokens=3).choices[0].text
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert len(seen) == 2 and all(n.startswith("tokenize") for n in seen), seen
