@@ -17,13 +17,16 @@ GEMM (qkv, gate_up) takes the max of its shards' input_scale.
 Noise floor: the reference also runs again in other legal precisions of the same math, and
 floor = max |variant - ref| / s over them is what an exact implementation can differ by on this
 model: (a) its NVFP4 GEMMs accumulated in float64 instead of float32 (another summation order, as any
-kernel has); (b) for a bf16 engine, its residual stream rounded to bf16 after every decoder layer
-(what a bf16 engine keeps). On shallow models the floor is ~1e-4 (fp32) to ~1e-2 (bf16); on deep
-random-weight models it is large (32 layers, hidden 512, CPU, W4A4: 0.19, with argmax flips; the
-8B preset's 32 layers, W4A4: ~0.9), because a one-ulp bf16 difference at a GEMM output can move an
-e2m1 code downstream and the change compounds over layers. Above INCONCLUSIVE_FLOOR (0.25) the
-comparison cannot tell a right engine from a wrong one: the mode is reported INCONCLUSIVE (not a
-pass); check a shallower model of the same shapes instead (make_checkpoint --num-layers).
+kernel has); (b) each NVFP4 linear's fp32 input jittered by a few ulps (2^-20 relative) before its
+bf16 rounding, as another fp32 implementation of norms, rope and attention differs (approximate
+rsqrt/exp, another reduction order); (c) for a bf16 engine, its residual stream rounded to bf16
+after every decoder layer (what a bf16 engine keeps). W4A16 barely notices (b); W4A4 does, because a
+one-ulp bf16 change at a quantizer input can move an e2m1 code, and the change compounds over
+layers. On deep random-weight models the floor is large (the 8B preset's 32 layers, W4A4: ~0.9).
+Above INCONCLUSIVE_FLOOR (0.25) the comparison cannot tell a right engine from a wrong one: the mode
+is reported INCONCLUSIVE (not a pass); check a shallower model of the same shapes instead
+(make_checkpoint --num-layers). Whatever the floor, each NVFP4 linear is also compared with the
+reference on the engine's own inputs by the GPU tests (tests/mini_engine/test_gpu.py).
 
 Criteria, per generated position, with s = max |reference logit| at that position and
 tol_eff = max(tol, 2 * floor):
@@ -145,12 +148,13 @@ def reference_weights(path: Path, quantize: bool, device: str = "cpu"
 
 
 def _engine_run(model: str, mode: str, nvfp4_dir: bool, prompts: list[list[int]], max_tokens: int,
-                device: str, dtype: str = "auto") -> tuple[list[list[int]], list[list[torch.Tensor]], str]:
+                device: str, dtype: str = "auto", enforce_eager: bool = False
+                ) -> tuple[list[list[int]], list[list[torch.Tensor]], str]:
     from .llm import LLM
     from .sampling_params import SamplingParams
 
     opts = dict(device=device, dtype=dtype, max_num_seqs=4, max_num_batched_tokens=32, max_model_len=512,
-                kv_cache_blocks=256, enable_prefix_caching=False)
+                kv_cache_blocks=256, enable_prefix_caching=False, enforce_eager=enforce_eager)
     if mode != "bf16":
         opts["nvfp4_mode"] = mode
         opts["quantization"] = "auto" if nvfp4_dir else "nvfp4"
@@ -188,7 +192,11 @@ def _bf16_layer_output(_mod, _args, out):
     return out.to(torch.bfloat16).float()
 
 
-REFERENCE_VARIANTS = ("fp32", "fp64_accumulation", "bf16_residual")
+REFERENCE_VARIANTS = ("fp32", "fp64_accumulation", "fp32_jitter", "bf16_residual")
+# fp32_jitter: every NVFP4 linear's input times (1 + u * 2^-20), u uniform in [-1, 1] (fixed seed):
+# the few-ulp differences any other fp32 implementation of norms, rope and attention has
+# (approximate rsqrt/exp, another reduction order), applied before the bf16 rounding they can flip.
+_JITTER = 2.0 ** -20
 
 
 @torch.no_grad()
@@ -201,6 +209,7 @@ def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: li
     if variant not in REFERENCE_VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {REFERENCE_VARIANTS}")
     model = hf_llama(cfg, sd, torch.device(device), torch.float32)
+    gen = torch.Generator().manual_seed(0)
     if variant == "bf16_residual":
         for layer in model.model.layers:
             layer.register_forward_hook(_bf16_layer_output)
@@ -210,7 +219,11 @@ def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: li
         s = in_scales[name]
 
         def bf16_input(_m, args, s=s):  # the kit's linear takes bf16 (W4A4: then fake-quantized)
-            x = args[0].to(torch.bfloat16)
+            x = args[0]
+            if variant == "fp32_jitter":
+                u = torch.rand(x.shape, generator=gen, device="cpu").to(x.device) * 2 - 1
+                x = x * (1 + u * _JITTER)
+            x = x.to(torch.bfloat16)
             if w4a4:
                 x2 = reference.quantize_dequantize(x.reshape(-1, x.shape[-1]), torch.tensor(1.0 / s)) * s
                 x = x2.reshape(x.shape)
@@ -226,7 +239,7 @@ def _reference_logits(cfg, sd, in_scales: dict[str, float], w4a4: bool, seqs: li
 
 
 def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
-             ref_device: str = "cpu", dtype: str = "auto") -> ModeResult:
+             ref_device: str = "cpu", dtype: str = "auto", enforce_eager: bool = False) -> ModeResult:
     from .config import QuantConfig
     from .tokenizer import load_tokenizer
 
@@ -238,14 +251,15 @@ def run_mode(model: str, mode: str, max_tokens: int = 12, device: str = "auto",
         return ModeResult(mode, "-", error="w4a4 needs calibrated input_scale: use an NVFP4 checkpoint")
     tok = load_tokenizer(path)
     prompts = [tok(p).input_ids for p in PROMPTS]
-    tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device, dtype)
+    tokens, eng_logits, dtype = _engine_run(model, mode, nvfp4_dir, prompts, max_tokens, device, dtype,
+                                            enforce_eager)
     cfg, sd, in_scales = reference_weights(path, quantize=(mode != "bf16" and not nvfp4_dir),
                                            device=ref_device)
     seqs = [p + t[:-1] for p, t in zip(prompts, tokens, strict=False)]
     scales = in_scales if mode != "bf16" else {}
     ref = _reference_logits(cfg, sd, scales, mode == "w4a4", seqs, ref_device)
     res = ModeResult(mode, dtype, tol=TOLERANCES[(dtype, mode)])
-    variants = ["fp64_accumulation"] + (["bf16_residual"] if dtype == "bfloat16" else [])
+    variants = ["fp64_accumulation", "fp32_jitter"] + (["bf16_residual"] if dtype == "bfloat16" else [])
     for variant in variants:
         alt = _reference_logits(cfg, sd, scales, mode == "w4a4", seqs, ref_device, variant)
         for p, toks, r, ra in zip(prompts, tokens, ref, alt, strict=False):
@@ -306,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
                     help="engine activation dtype (auto: bf16 on CUDA, fp32 on CPU); float32 on CUDA "
                          "isolates the kit's kernels from bf16 drift of the residual stream")
+    ap.add_argument("--enforce-eager", action="store_true", help="engine without CUDA graphs")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.modes:
@@ -333,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             model = args.model or f"{tmp}/{'bf16' if mode == 'bf16' else 'nvfp4'}"
             try:
                 results.append(run_mode(model, mode, args.max_tokens, args.device, args.ref_device,
-                                        args.dtype))
+                                        args.dtype, args.enforce_eager))
             except ValueError as exc:
                 results.append(ModeResult(mode, "-", error=str(exc)))
     print_table(results)

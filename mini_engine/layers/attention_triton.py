@@ -68,7 +68,8 @@ def _rope_store_kernel(qkv_ptr, stride_qkv, pos_ptr, slot_ptr, cos_sin_ptr, k_ca
 def _decode_kernel(q_ptr, stride_q, k_cache_ptr, v_cache_ptr, bt_ptr, stride_bt, seq_lens_ptr,
                    out_ptr, stride_o, part_acc_ptr, part_m_ptr, part_l_ptr, scale_log2,
                    H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-                   BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr):
+                   BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -91,14 +92,15 @@ def _decode_kernel(q_ptr, stride_q, k_cache_ptr, v_cache_ptr, bt_ptr, stride_bt,
         blk = tl.load(bt_ptr + b * stride_bt + n // BS, mask=nm, other=0).to(tl.int64)
         off = (blk * BS + n % BS)[:, None] * (KVH * D) + kvh * D + d[None, :]
         k = tl.load(k_cache_ptr + off, mask=nm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2  # (BLOCK_G, BLOCK_N), log2 domain
+        # (BLOCK_G, BLOCK_N), log2 domain
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(nm[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         v = tl.load(v_cache_ptr + off, mask=nm[:, None], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     if NUM_SPLITS == 1:
         o = acc / l_i[:, None]
@@ -133,7 +135,7 @@ def _reduce_kernel(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, stride_o,
 def _prefill_kernel(q_ptr, stride_q, k_cache_ptr, v_cache_ptr, bt_ptr, stride_bt, seq_lens_ptr,
                     qsl_ptr, out_ptr, stride_o, scale_log2,
                     H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     mt = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2)
@@ -159,14 +161,14 @@ def _prefill_kernel(q_ptr, stride_q, k_cache_ptr, v_cache_ptr, bt_ptr, stride_bt
         blk = tl.load(bt_ptr + b * stride_bt + n // BS, mask=nm, other=0).to(tl.int64)
         off = (blk * BS + n % BS)[:, None] * (KVH * D) + kvh * D + d[None, :]
         k = tl.load(k_cache_ptr + off, mask=nm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where((n[None, :] <= qpos[:, None]) & nm[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         v = tl.load(v_cache_ptr + off, mask=nm[:, None], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     o = acc / l_i[:, None]
     tl.store(out_ptr + rows[:, None] * stride_o + h * D + d[None, :], o.to(out_ptr.dtype.element_ty),
@@ -183,6 +185,12 @@ def rope_store(qkv, positions, slot_mapping, cos_sin, k_cache, v_cache, num_head
     )
 
 
+def _dot_precision(q: torch.Tensor) -> str:
+    """fp32 caches (the fp32 check engine) must multiply in IEEE fp32: Triton's default for fp32
+    tl.dot is TF32 (10-bit mantissa, ~1e-3 relative), which W4A4 activations' quantizers amplify."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
 def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, out, scale: float, num_splits: int,
                  partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
     """q: (B, H*D) strided rows; out: (B, H*D). partials: fp32 buffers when num_splits > 1."""
@@ -193,7 +201,7 @@ def paged_decode(q, k_cache, v_cache, block_tables, seq_lens, out, scale: float,
         q, q.stride(0), k_cache, v_cache, block_tables, block_tables.stride(0), seq_lens,
         out, out.stride(0), acc, pm, pl, scale * _LOG2E,
         H=nh, KVH=nkv, D=d, BS=bs, BLOCK_G=max(16, triton.next_power_of_2(nh // nkv)),
-        BLOCK_N=64, NUM_SPLITS=num_splits, num_warps=4,
+        BLOCK_N=64, NUM_SPLITS=num_splits, DOT_PRECISION=_dot_precision(q), num_warps=4,
     )
     if num_splits > 1:
         _reduce_kernel[(b, nh)](acc, pm, pl, out, out.stride(0), H=nh, D=d, NUM_SPLITS=num_splits,
@@ -209,7 +217,8 @@ def paged_prefill(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, 
     _prefill_kernel[(triton.cdiv(max_query_len, block_m), b, nh)](
         q, q.stride(0), k_cache, v_cache, block_tables, block_tables.stride(0), seq_lens,
         query_start_loc, out, out.stride(0), scale * _LOG2E,
-        H=nh, KVH=nkv, D=d, BS=bs, BLOCK_M=block_m, BLOCK_N=64, num_warps=4, num_stages=2,
+        H=nh, KVH=nkv, D=d, BS=bs, BLOCK_M=block_m, BLOCK_N=64, DOT_PRECISION=_dot_precision(q),
+        num_warps=4, num_stages=2,
     )
 
 
