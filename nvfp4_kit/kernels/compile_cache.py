@@ -128,10 +128,14 @@ def _key_string(kernel_name: str, key: Mapping[str, object]) -> str:
     return kernel_name + ":" + json.dumps(dict(key), sort_keys=True, default=str)
 
 
+_SHARED_KERNEL_SOURCES = ("ptx.py",)  # imported by every kernel family
+
+
 def _source_digest(jit_fn: Any) -> str:
     """sha256 over the kernel family's sources: ``<family>*.py`` beside jit_fn's module, where the
     family is the module name up to its first underscore (quantize_kernels.py -> quantize*.py:
-    the kernel and its PTX helpers; gemm_sm90_kernel.py -> gemm*.py)."""
+    the kernel and its PTX helpers; gemm_sm90_kernel.py -> gemm*.py), plus the inline-PTX helper
+    every family shares (ptx.py)."""
     fn = getattr(jit_fn, "__wrapped__", jit_fn)
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     path = getattr(module, "__file__", None)
@@ -142,7 +146,8 @@ def _source_digest(jit_fn: Any) -> str:
     digest = _source_digests.get(family)
     if digest is None:
         h = hashlib.sha256()
-        for file in sorted(path.parent.glob(path.stem.split("_")[0] + "*.py")):
+        shared = [f for f in (path.parent / name for name in _SHARED_KERNEL_SOURCES) if f.is_file()]
+        for file in sorted(path.parent.glob(path.stem.split("_")[0] + "*.py")) + shared:
             h.update(file.name.encode())
             h.update(file.read_bytes())
         digest = _source_digests[family] = h.hexdigest()[:16]

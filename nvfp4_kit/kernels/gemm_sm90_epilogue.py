@@ -10,6 +10,8 @@ Workspace: (m_tiles, grid_x, 2, bm * bn) fp32; counters: (m_tiles, n_tiles) int3
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
@@ -17,10 +19,34 @@ from cutlass import Float32, Int32, Int64
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
 from .gemm_sm90_ptx import atomic_add_acq_rel, ld_cg_f32, ld_nc_f32, st_bf16, st_cg_f32, st_relaxed_u32
 
-__all__ = ["StreamKEpilogue"]
+__all__ = ["EpilogueArgs", "StreamKEpilogue"]
 
 _WG = 128
 _PIECE_BATCH = 4  # stream-K pieces whose partials are loaded at once by the fix-up
+
+
+class EpilogueArgs(NamedTuple):
+    """What the fix-up and the stores read: kernel arguments and this thread's coordinates."""
+
+    flag: Any  # shared int32[4]: thread 0 broadcasts the counter's old value through it
+    alpha_addr: Any
+    out_addr: Any
+    ws_addr: Any
+    sem_addr: Any
+    m: Any
+    n: Any
+    n_tiles: Any
+    k_chunks: Any
+    total: Any
+    grid_x: Any
+    g_begin: Any  # first chunk of this CTA's run
+    alpha_stride: Any
+    tidx: Any
+    wg: Any  # consumer warpgroup
+    t: Any  # thread in the warpgroup
+    bid_x: Any
+    bid_m: Any
+    thr_mma: Any  # this thread's slice of the tiled MMA (accumulator coordinates)
 
 
 class StreamKEpilogue:
@@ -29,28 +55,10 @@ class StreamKEpilogue:
     @cute.jit
     def flush(self, acc, g, epi):
         """End of this CTA's run on row tile g // Kc: store it, or fix it up with the other pieces."""
-        (
-            flag,
-            alpha_addr,
-            out_addr,
-            ws_addr,
-            sem_addr,
-            m,
-            n,
-            n_tiles,
-            k_chunks,
-            total,
-            grid_x,
-            g_begin,
-            nk,
-            alpha_stride,
-            tidx,
-            wg,
-            t,
-            bid_x,
-            bid_m,
-            thr_mma,
-        ) = epi
+        e = epi
+        flag, ws_addr, sem_addr, thr_mma = e.flag, e.ws_addr, e.sem_addr, e.thr_mma
+        n_tiles, k_chunks, total, grid_x, g_begin = e.n_tiles, e.k_chunks, e.total, e.grid_x, e.g_begin
+        tidx, wg, t, bid_x, bid_m = e.tidx, e.wg, e.t, e.bid_x, e.bid_m
         tile = g // k_chunks
         t0 = tile * k_chunks  # first chunk of the tile
         # CTA owning chunk g: the c with c*T//G <= g < (c+1)*T//G, i.e. ((g+1)*G - 1) // T
@@ -115,35 +123,16 @@ class StreamKEpilogue:
 
     @cute.jit
     def store(self, vals, tile, epi):
-        coords = epi[-1].partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
+        coords = epi.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
         for v in cutlass.range_constexpr(cute.size(vals)):
             self.store_one(vals[v], coords[v], tile, epi)
 
     @cute.jit
     def store_one(self, value, coord, tile, epi):
         """out[tok, row] = bf16(value * 2^7 * alpha[row]) if row < n and tok < m."""
-        (
-            flag,
-            alpha_addr,
-            out_addr,
-            ws_addr,
-            sem_addr,
-            m,
-            n,
-            n_tiles,
-            k_chunks,
-            total,
-            grid_x,
-            g_begin,
-            nk,
-            alpha_stride,
-            tidx,
-            wg,
-            t,
-            bid_x,
-            bid_m,
-            thr_mma,
-        ) = epi
+        e = epi
+        alpha_addr, out_addr, alpha_stride, m, n, wg, bid_m = (
+            e.alpha_addr, e.out_addr, e.alpha_stride, e.m, e.n, e.wg, e.bid_m)
         r, c = coord
         row = (tile * self.wgs + wg) * ROW_TILE + r
         tok = bid_m * self.bn + c

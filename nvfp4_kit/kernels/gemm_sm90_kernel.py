@@ -39,7 +39,7 @@ import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import BFloat16, Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
-from .gemm_sm90_epilogue import StreamKEpilogue
+from .gemm_sm90_epilogue import EpilogueArgs, StreamKEpilogue
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
 from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_v4
 
@@ -344,27 +344,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        epi = (
-            flag,
-            alpha_addr,
-            out_addr,
-            ws_addr,
-            sem_addr,
-            m,
-            n,
-            n_tiles,
-            k_chunks,
-            total,
-            grid_x,
-            g_begin,
-            nk,
-            alpha_stride,
-            tidx,
-            wg,
-            t,
-            bid_x,
-            bid_m,
-            thr_mma,
+        epi = EpilogueArgs(
+            flag, alpha_addr, out_addr, ws_addr, sem_addr, m, n, n_tiles, k_chunks, total, grid_x,
+            g_begin, alpha_stride, tidx, wg, t, bid_x, bid_m, thr_mma,
         )
         if cutlass.const_expr(self.per_step == 2):
             # Software-pipelined chunks: chunk i+1 is read and dequantized into the other A

@@ -12,6 +12,8 @@ from cutlass import Float32, Int32, Int64
 from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T, dsl_user_op
 
+from .ptx import inline_ptx
+
 __all__ = [
     "ld_nc_v4",
     "dequant_step",
@@ -33,14 +35,12 @@ def _i32s(struct, n, loc, ip):
 @dsl_user_op
 def ld_nc_v4(addr: Int64, *, loc=None, ip=None) -> list:
     """16-byte streaming load of read-only weights (no L1 allocation): 4 x Int32."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         llvm.StructType.get_literal([T.i32()] * 4),
         [Int64(addr).ir_value(loc=loc, ip=ip)],
         "ld.global.nc.L1::no_allocate.v4.u32 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,l",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return _i32s(res, 4, loc, ip)
 
@@ -83,16 +83,14 @@ def dequant_step(word: Int32, sw_g: Int32, sw_g8: Int32, byte: int, *, loc=None,
         "mul.rn.bf16x2 $3, t3, sh;\n"
         "}\n"
     )
-    res = llvm.inline_asm(
+    res = inline_ptx(
         llvm.StructType.get_literal([T.i32()] * 4),
         [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, sw_g, sw_g8)],
         asm,
         "=r,=r,=r,=r,r,r,r",
         # volatile: keeps LLVM from sinking the dequant between wgmmas (ptxas would then
         # serialize them, warning C7513)
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
     return _i32s(res, 4, loc, ip)
 
@@ -100,14 +98,12 @@ def dequant_step(word: Int32, sw_g: Int32, sw_g8: Int32, byte: int, *, loc=None,
 @dsl_user_op
 def ld_nc_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
     return Float32(
-        llvm.inline_asm(
+        inline_ptx(
             T.f32(),
             [Int64(addr).ir_value(loc=loc, ip=ip)],
             "ld.global.nc.f32 $0, [$1];",
             "=f,l",
-            has_side_effects=False,
-            is_align_stack=False,
-            asm_dialect=llvm.AsmDialect.AD_ATT,
+            side_effects=False,
         )
     )
 
@@ -115,27 +111,23 @@ def ld_nc_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
 @dsl_user_op
 def st_bf16(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
     """Round-to-nearest-even fp32 -> bf16 and a 2-byte store."""
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
         "{\n.reg .b16 h;\ncvt.rn.bf16.f32 h, $1;\nst.global.b16 [$0], h;\n}\n",
         "l,f",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
 @dsl_user_op
 def st_cg_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
         "st.global.cg.f32 [$0], $1;",
         "l,f",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
@@ -143,14 +135,12 @@ def st_cg_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
 def ld_cg_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
     """L2-coherent load (skips L1, which may hold nothing stale: we never read these lines before)."""
     return Float32(
-        llvm.inline_asm(
+        inline_ptx(
             T.f32(),
             [Int64(addr).ir_value(loc=loc, ip=ip)],
             "ld.global.cg.f32 $0, [$1];",
             "=f,l",
-            has_side_effects=True,
-            is_align_stack=False,
-            asm_dialect=llvm.AsmDialect.AD_ATT,
+            side_effects=True,
         )
     )
 
@@ -158,35 +148,31 @@ def ld_cg_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
 @dsl_user_op
 def atomic_add_acq_rel(addr: Int64, value: Int32, *, loc=None, ip=None) -> Int32:
     return Int32(
-        llvm.inline_asm(
+        inline_ptx(
             T.i32(),
             [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
             "atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;",
             "=r,l,r",
-            has_side_effects=True,
-            is_align_stack=False,
-            asm_dialect=llvm.AsmDialect.AD_ATT,
+            side_effects=True,
         )
     )
 
 
 @dsl_user_op
 def st_relaxed_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
         "st.relaxed.gpu.global.u32 [$0], $1;",
         "l,r",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
 @dsl_user_op
 def bulk_g2s(dst_smem: Int32, src: Int64, nbytes: int, mbar_smem: Int32, *, loc=None, ip=None) -> None:
     """1-D bulk copy global -> shared (no tensor map), completing `nbytes` on the mbarrier."""
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [
             Int32(dst_smem).ir_value(loc=loc, ip=ip),
@@ -195,21 +181,17 @@ def bulk_g2s(dst_smem: Int32, src: Int64, nbytes: int, mbar_smem: Int32, *, loc=
         ],
         f"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], {nbytes}, [$2];",
         "r,l,r",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
 @dsl_user_op
 def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
-    res = llvm.inline_asm(
+    res = inline_ptx(
         llvm.StructType.get_literal([T.i32()] * 4),
         [Int32(addr).ir_value(loc=loc, ip=ip)],
         "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,r",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
     return _i32s(res, 4, loc, ip)

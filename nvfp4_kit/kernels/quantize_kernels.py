@@ -27,6 +27,7 @@ import cutlass
 import cutlass.cute as cute
 from cutlass import Constexpr, Float32, Int32, Int64, Uint32
 
+from .ptx import inline_ptx
 from .quantize_ptx import (
     block_absmax,
     ld_global_f32,
@@ -237,16 +238,13 @@ def _amax_kernel(x: cute.Pointer, out: cute.Pointer, total: Int32, bpt: Constexp
 
 
 def _atomic_max_u32(addr: Int64, value: Uint32) -> None:
-    from cutlass._mlir.dialects import llvm
 
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [addr.ir_value(), value.ir_value()],
         "red.relaxed.gpu.global.max.u32 [$0], $1;",
         "l,r",
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
@@ -264,18 +262,15 @@ def _set_kernel(out: cute.Pointer, finalize: Constexpr):
 
 
 def _div_rn(a: Float32, b: Float32) -> Uint32:
-    from cutlass._mlir.dialects import llvm
     from cutlass.cutlass_dsl import T
 
     return Uint32(
-        llvm.inline_asm(
+        inline_ptx(
             T.i32(),
             [a.ir_value(), b.ir_value()],
             "{\n.reg .f32 t;\ndiv.rn.f32 t, $1, $2;\nmov.b32 $0, t;\n}",
             "=r,f,f",
-            has_side_effects=False,
-            is_align_stack=False,
-            asm_dialect=llvm.AsmDialect.AD_ATT,
+            side_effects=False,
         )
     )
 

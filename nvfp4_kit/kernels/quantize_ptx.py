@@ -35,6 +35,8 @@ from cutlass._mlir import ir
 from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T
 
+from .ptx import inline_ptx
+
 __all__ = [
     "ld_global_v4",
     "st_global_v2",
@@ -69,40 +71,34 @@ def _v(x) -> ir.Value:
 
 def ld_global_v4(addr: Int64) -> list[Uint32]:
     """Four 32-bit words from a 16-byte aligned global address (one LDG.E.128)."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         _struct(4),
         [_v(addr)],
         "ld.global.v4.b32 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,l",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return _unpack(res, 4)
 
 
 def ld_global_f32(addr: Int64) -> Float32:
-    res = llvm.inline_asm(
+    res = inline_ptx(
         T.f32(),
         [_v(addr)],
         "ld.global.f32 $0, [$1];",
         "=f,l",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return Float32(res)
 
 
 def _store(text: str, constraints: str, operands: list) -> None:
-    llvm.inline_asm(
+    inline_ptx(
         None,
         [_v(o) for o in operands],
         text,
         constraints,
-        has_side_effects=True,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=True,
     )
 
 
@@ -287,42 +283,36 @@ def _half(is_fp16: bool) -> str:
 
 def quantize_block(words: list[Uint32], global_scale: Float32, is_fp16: bool):
     """16 elements (8 words) -> (codes of elements 0..7, codes of 8..15, e4m3 scale byte)."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         _struct(3),
         [_v(w) for w in words] + [_v(global_scale)],
         _QUANT_PTX[_half(is_fp16)],
         "=r,=r,=r," + ",".join(["r"] * 8) + ",f",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return _unpack(res, 3)
 
 
 def quantize_dequantize_block(words: list[Uint32], global_scale: Float32, is_fp16: bool):
     """16 elements (8 words) -> 8 words of bf16 pairs: e2m1 * sf (not divided by global)."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         _struct(8),
         [_v(w) for w in words] + [_v(global_scale)],
         _QDQ_PTX[_half(is_fp16)],
         ",".join(["=r"] * 8) + "," + ",".join(["r"] * 8) + ",f",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return _unpack(res, 8)
 
 
 def block_absmax(words: list[Uint32], is_fp16: bool) -> Uint32:
     """max |x| over 16 elements (NaN ignored), as the bits of an fp32 (>= 0, so int-ordered)."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         T.i32(),
         [_v(w) for w in words],
         _AMAX_PTX[_half(is_fp16)],
         "=r," + ",".join(["r"] * 8),
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return Uint32(res)
 
@@ -340,13 +330,11 @@ def magic_divisor(d: int) -> tuple[int, int]:
 
 def udiv_magic(n, multiplier: Uint32, shift) -> Uint32:
     """n // d for the (multiplier, shift) of magic_divisor(d): 3 instructions instead of ~20."""
-    res = llvm.inline_asm(
+    res = inline_ptx(
         T.i32(),
         [_v(Uint32(n)), _v(multiplier), _v(Uint32(shift))],
         "{\n.reg .b32 t;\nmul.hi.u32 t, $1, $2;\nadd.u32 t, t, $1;\nshr.b32 $0, t, $3;\n}",
         "=r,r,r,r",
-        has_side_effects=False,
-        is_align_stack=False,
-        asm_dialect=llvm.AsmDialect.AD_ATT,
+        side_effects=False,
     )
     return Uint32(res)
