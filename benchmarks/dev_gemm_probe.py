@@ -1,7 +1,10 @@
 """Dev probe (not a benchmark of record): where does decode time go in the SM90 GEMM kernel?
 
-Times the real kernel against two crippled copies on the same shape (results are garbage there):
-probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies).
+Times the real kernel against crippled copies on the same shape (results are garbage there):
+probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies),
+3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only.
+--baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
+graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
     python benchmarks/dev_gemm_probe.py --shape 28672x4096 --m 1
     python benchmarks/dev_gemm_probe.py --shape 4096x4096 --probes 0 --cfg "8,1,4,2,3;8,1,8,2,4"
 """
@@ -9,6 +12,8 @@ probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipe
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us  # noqa: E402
 
 
+@functools.cache
 def compiled(cfg: GemmConfig, probe: int):
     import cutlass.cute as cute
 
@@ -34,14 +40,36 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="28672x4096")
     p.add_argument("--m", type=int, default=1)
-    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm;..."')
-    p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data movement only")
+    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl];..."')
+    p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data only, 3, 4")
+    p.add_argument("--baselines", action="store_true")
     a = p.parse_args()
-    n, k = (int(v) for v in a.shape.split("x"))
-    for spec in a.cfg.split(";"):
-        bn, wgs, st, ps, c = (int(v) for v in spec.split(","))
-        cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps)
-        run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")])
+    for shape in a.shape.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        if a.baselines:
+            baselines(n, k)
+        for spec in a.cfg.split(";"):
+            bn, wgs, st, ps, c, *pdl = (int(v) for v in spec.split(","))
+            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl[0] if pdl else 1)
+            run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")])
+
+
+def baselines(n: int, k: int) -> None:
+    nbytes = int(n * k * 0.5625)
+    tiny = torch.zeros(1, device="cuda")
+    us = graph_time_us([lambda: tiny.add_(1.0)], launches=100, reps=7)
+    print(f"baseline 1-element add_ (graph per-launch cost): {us:7.2f} us", flush=True)
+    half = nbytes // 2
+    pairs = [
+        tuple(torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(2))
+        for _ in range(copies_to_exceed_l2(nbytes))
+    ]
+    us = graph_time_us([lambda d=d, s=s: d.copy_(s) for d, s in pairs], launches=100, reps=7)
+    print(
+        f"baseline copy_ of {half / 1e6:.1f} MB (moves the {nbytes / 1e6:.1f} MB of N={n} K={k}): "
+        f"{us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
+        flush=True,
+    )
 
 
 def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int]) -> None:
@@ -58,12 +86,12 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int]) -> None:
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     alpha = torch.ones(1, device="cuda")
-    grid, total, n_tiles = stream_k_grid(m, n, k, cfg, 132)
+    grid, total, _ = stream_k_grid(m, n, k, cfg, 132)
     G.reserve_workspace(0, m, n, cfg)
-    ws, sem = G._workspaces[0]
+    ws = G._workspaces[0]
     nbytes = n * k * 0.5625
     for probe in probes:
-        fn = compiled(cfg, probe)
+        fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe)  # ctas_per_sm: run time
 
         def call(cw, cs, fn=fn):
             stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
@@ -74,11 +102,9 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int]) -> None:
                 Int64(alpha.data_ptr()),
                 Int64(out.data_ptr()),
                 Int64(ws.data_ptr()),
-                Int64(sem.data_ptr()),
                 m,
                 n,
                 k,
-                n_tiles,
                 -(-k // 128),
                 total,
                 grid,
@@ -88,7 +114,8 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int]) -> None:
 
         us = graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=7)
         print(
-            f"probe {probe} ({['full', 'no wgmma', 'data only'][probe]:9s}) {cfg.name} N={n} K={k} "
+            f"probe {probe} ({['full', 'no wgmma', 'data only', 'no fix-up', 'launch'][probe]:9s}) "
+            f"{cfg.name} N={n} K={k} "
             f"M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
             flush=True,
         )

@@ -9,9 +9,10 @@ layer's quantize->dequantize of x (exact in bf16) + this kernel with
 alpha = input_scale * weight_scale_2.
 
 Graph capture: gemm_w4a16_out allocates nothing, copies nothing host->device and launches on
-torch.cuda.current_stream(). The stream-K fix-up uses a per-device fp32 workspace and int32 tile
-counters (`workspace_bytes`); they grow only outside capture (`reserve_workspace`, or on the first
-eager call) and a call under capture that would need more raises. The workspace is shared by all
+torch.cuda.current_stream(). The stream-K fix-up uses a per-device fp32 workspace
+(`workspace_bytes`) whose words rest at SLOT_EMPTY_BITS; it grows only outside capture
+(`reserve_workspace`, or on the first eager call) and a call under capture that would need more
+raises. The workspace is shared by all
 GEMMs of a device: calls on two streams that run concurrently must not both use stream-K pieces.
 Kernels are launched with programmatic dependent launch (PDL); they call griddepcontrol.wait
 before reading x or writing anything, so any kernel may precede them.
@@ -28,6 +29,7 @@ from . import compile_cache
 from .gemm_sm90_config import (
     COMPILED_SHAPES,
     NUM_SMS_H100,
+    SLOT_EMPTY_BITS,
     GemmConfig,
     candidate_configs,
     heuristic_config,
@@ -81,8 +83,8 @@ def _compile_args():
     from cutlass.cute.typing import AddressSpace
 
     x = make_ptr(cutlass.BFloat16, 16, AddressSpace.gmem, assumed_align=16)
-    i64 = [Int64(0)] * 6
-    i32 = [Int32(1), Int32(128), Int32(128), Int32(2), Int32(1), Int32(1), Int32(2), Int32(0)]
+    i64 = [Int64(0)] * 5  # w, w_scale, alpha, out, workspace
+    i32 = [Int32(1), Int32(128), Int32(128), Int32(1), Int32(2), Int32(1), Int32(0)]
     return (x, *i64, *i32, cute_runtime.make_fake_stream())
 
 
@@ -127,9 +129,9 @@ def precompile(arch: str, configs=None) -> list[str]:
 
 # --------------------------------------------------------------------------- workspace
 _ws_lock = threading.Lock()
-_workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_workspaces: dict[int, torch.Tensor] = {}
 # Outgrown workspaces are kept, never freed: CUDA graphs captured earlier still read and write them.
-_retired: list[tuple[torch.Tensor, torch.Tensor]] = []
+_retired: list[torch.Tensor] = []
 
 
 def _sms(device: torch.device | None = None) -> int:
@@ -145,55 +147,50 @@ def _sms(device: torch.device | None = None) -> int:
 _SMS: dict[int, int] = {}
 
 
-def _ws_need(m: int, n: int, k: int, cfg: GemmConfig, sms: int) -> tuple[int, int]:
-    """(fp32 workspace elements, int32 counters) for a call."""
-    grid, _total, n_tiles = stream_k_grid(m, n, k, cfg, sms)
-    m_tiles = -(-m // cfg.bn)
-    return m_tiles * grid * 2 * cfg.bm * cfg.bn, m_tiles * n_tiles
+def _ws_need(m: int, n: int, k: int, cfg: GemmConfig, sms: int) -> int:
+    """fp32 workspace elements for a call: one bm x bn slot per CTA."""
+    grid, _total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
+    return -(-m // cfg.bn) * grid * cfg.bm * cfg.bn
 
 
-def _ws_bound(m_max: int, n: int, config: GemmConfig, sms: int) -> tuple[int, int]:
-    """(fp32 elements, counters) enough for every M <= m_max: m_tiles * G <= max(SMs * c, m_tiles)."""
+def _ws_bound(m_max: int, config: GemmConfig, sms: int) -> int:
+    """fp32 elements enough for every M <= m_max: m_tiles * G <= max(SMs * c, m_tiles)."""
     m_tiles = -(-max(1, m_max) // config.bn)
-    n_tiles = -(-n // (2 * ROW_TILE)) * 2 // config.wgs
-    ctas = max(sms * config.ctas_per_sm, m_tiles)
-    return ctas * 2 * config.bm * config.bn, m_tiles * n_tiles
+    return max(sms * config.ctas_per_sm, m_tiles) * config.bm * config.bn
 
 
 def workspace_bytes(m_max: int, n: int, config: GemmConfig, sms: int = NUM_SMS_H100) -> int:
-    """Bytes of stream-K workspace (fp32 partials + int32 counters) any call with M <= m_max needs
+    """Bytes of stream-K workspace (fp32 partials) any call with M <= m_max needs, whatever N
     (allocated per device by reserve_workspace or the first eager call; shared by all layers)."""
-    elems, tiles = _ws_bound(m_max, n, config, sms)
-    return 4 * (elems + tiles)
+    return 4 * _ws_bound(m_max, config, sms)
 
 
 def reserve_workspace(device, m_max: int, n: int, config: GemmConfig) -> None:
     """Grow the device's stream-K workspace for calls with M <= m_max (call before graph capture)."""
     idx = device if isinstance(device, int) else torch.device(device).index
     dev = torch.device("cuda", torch.cuda.current_device() if idx is None else idx)
-    _workspace(dev, *_ws_bound(m_max, n, config, _sms(dev)))
+    _workspace(dev, _ws_bound(m_max, config, _sms(dev)))
 
 
-def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _workspace(device: torch.device, elems: int) -> torch.Tensor:
     idx = device.index if device.index is not None else torch.cuda.current_device()
     with _ws_lock:
-        ws, sem = _workspaces.get(idx, (None, None))
-        if ws is not None and ws.numel() >= elems and sem.numel() >= tiles:
-            return ws, sem
+        ws = _workspaces.get(idx)
+        if ws is not None and ws.numel() >= elems:
+            return ws
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"nvfp4_kit gemm_sm90: stream-K workspace too small for this call during CUDA graph "
-                f"capture (need {elems} fp32 + {tiles} counters); call "
+                f"capture (need {elems} fp32); call "
                 "gemm_sm90.reserve_workspace(device, m_max, n, config) before capture"
             )
-        old_e = 0 if ws is None else ws.numel()
-        old_t = 0 if sem is None else sem.numel()
         if ws is not None:
-            _retired.append((ws, sem))
-        ws = torch.empty(max(elems, old_e, 1), dtype=torch.float32, device=torch.device("cuda", idx))
-        sem = torch.zeros(max(tiles, old_t, 1), dtype=torch.int32, device=torch.device("cuda", idx))
-        _workspaces[idx] = (ws, sem)
-        return ws, sem
+            _retired.append(ws)
+        size = max(elems, 0 if ws is None else ws.numel(), 1)
+        empty = SLOT_EMPTY_BITS - (1 << 32)  # as int32
+        ws = torch.full((size,), empty, dtype=torch.int32, device=torch.device("cuda", idx))
+        _workspaces[idx] = ws.view(torch.float32)
+        return _workspaces[idx]
 
 
 # -------------------------------------------------------------------------------- call
@@ -252,10 +249,9 @@ def gemm_w4a16_out(
         return
     cfg = config if config is not None else heuristic_config(m, n, k)
     sms = _sms(x.device)
-    grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms)
+    grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
     _, k_pad = padded_shape(n, k)
-    elems, tiles = _ws_need(m, n, k, cfg, sms)
-    ws, sem = _workspace(x.device, elems, tiles)
+    ws = _workspace(x.device, _ws_need(m, n, k, cfg, sms))
     fn = _compiled(cfg)
     from cuda.bindings import driver as cuda_driver
 
@@ -273,11 +269,9 @@ def gemm_w4a16_out(
             Int64(alpha.data_ptr()),
             Int64(out.data_ptr()),
             Int64(ws.data_ptr()),
-            Int64(sem.data_ptr()),
             m,
             n,
             k,
-            n_tiles,
             k_pad // K_CHUNK,
             total,
             grid,

@@ -24,9 +24,13 @@ __all__ = [
     "candidate_configs",
     "heuristic_config",
     "stream_k_grid",
+    "SLOT_EMPTY_BITS",
 ]
 
 NUM_SMS_H100 = 132
+# fp32 bits of a stream-K workspace word that holds no partial (a negative NaN with a payload; GPU
+# arithmetic only ever writes the canonical NaN 0x7fffffff). See gemm_sm90_epilogue.
+SLOT_EMPTY_BITS = 0xFFC0DEAD
 _BNS = (8, 16, 32, 64, 128)
 
 

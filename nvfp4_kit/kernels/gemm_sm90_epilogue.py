@@ -1,11 +1,22 @@
 """Stream-K fix-up and epilogue of the SM90 W4A16 GEMM (a mixin of gemm_sm90_kernel's kernel class).
 
-A CTA that ends its run on a row tile either owns the whole tile (direct epilogue) or holds one
-piece of it: it stores its fp32 partial into its workspace slot (slot 0: the piece that starts the
-CTA's run, slot 1: the piece that starts at a tile boundary; at most two partial pieces per CTA),
-and bumps the tile's counter. The piece that arrives last sums every piece in CTA order (so the
-result does not depend on arrival order), resets the counter to 0 for the next launch and stores.
-Workspace: (m_tiles, grid_x, 2, bm * bn) fp32; counters: (m_tiles, n_tiles) int32.
+Each CTA streams its run of chunks [g_begin, g_end) from high to low, so the pieces it holds are, in
+processing order: at most one "parked" piece (the run's high end, whose row tile goes on into
+later CTAs), whole tiles (stored directly), and at most one "closing" piece (the run's low end,
+which finishes a row tile begun by earlier CTAs). A parked piece's fp32 partials go to the CTA's
+workspace slot as soon as it is done. The closing CTA keeps its piece in registers, loads the
+parked partials of the tile's earlier CTAs, re-polls any word still empty, sums them in CTA order
+(deterministic) with its own, stores, and marks the words empty again.
+
+No counter, fence or atomic: every workspace word holds SLOT_EMPTY_BITS (a NaN payload no fp32
+arithmetic produces; GPUs write the canonical NaN 0x7fffffff) except between its one write and its
+one read within a launch, so a word's own value says whether it has arrived. Publishing costs a
+store, the reducer's wait one L2 round trip per poll of a whole batch of pieces. The reducer (a tile's highest CTA) only waits for
+lower-numbered CTAs, which the hardware dispatched before it (CUTLASS's stream-K relies on the
+same order), and only at the end of its run, when its peers are done too.
+Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a counter cost ~5 us
+per decode kernel, the counter version of this order ~2.5 us.
+Workspace: (m_tiles, grid_x, bm * bn) fp32, one slot per CTA, all words SLOT_EMPTY_BITS at rest.
 """
 
 from __future__ import annotations
@@ -16,32 +27,36 @@ import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
 
+from .gemm_sm90_config import SLOT_EMPTY_BITS
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
-from .gemm_sm90_ptx import atomic_add_acq_rel, ld_cg_f32, ld_nc_f32, st_bf16, st_cg_f32, st_relaxed_u32
+from .gemm_sm90_ptx import (
+    bits_equal,
+    ld_nc_f32,
+    ld_relaxed_f32,
+    st_bf16,
+    st_relaxed_f32,
+    st_relaxed_u32,
+)
 
 __all__ = ["EpilogueArgs", "StreamKEpilogue"]
 
 _WG = 128
-_PIECE_BATCH = 4  # stream-K pieces whose partials are loaded at once by the fix-up
 
 
 class EpilogueArgs(NamedTuple):
     """What the fix-up and the stores read: kernel arguments and this thread's coordinates."""
 
-    flag: Any  # shared int32[4]: thread 0 broadcasts the counter's old value through it
     alpha_addr: Any
     out_addr: Any
     ws_addr: Any
-    sem_addr: Any
     m: Any
     n: Any
-    n_tiles: Any
     k_chunks: Any
     total: Any
     grid_x: Any
     g_begin: Any  # first chunk of this CTA's run
+    nk: Any  # chunks in the run
     alpha_stride: Any
-    tidx: Any
     wg: Any  # consumer warpgroup
     t: Any  # thread in the warpgroup
     bid_x: Any
@@ -50,76 +65,85 @@ class EpilogueArgs(NamedTuple):
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.wgs (set by the kernel class)."""
+    """Needs self.bn, self.bm, self.wgs, self.probe (set by the kernel class)."""
+
+    @cute.jit
+    def _slot(self, c, epi):
+        """This thread's first fp32 of CTA c's workspace slot (its words are _WG * 4 bytes apart)."""
+        e = epi
+        nv = self.bm * self.bn // (_WG * self.wgs)
+        slot = (Int64(e.bid_m) * Int64(e.grid_x) + Int64(c)) * (self.bm * self.bn * 4)
+        return Int64(e.ws_addr) + slot + Int64(e.wg) * (nv * _WG * 4) + Int64(e.t) * 4
 
     @cute.jit
     def flush(self, acc, g, epi):
-        """End of this CTA's run on row tile g // Kc: store it, or fix it up with the other pieces."""
+        """A piece ends at chunk g (its lowest): store a whole tile, park a piece whose tile goes
+        on past this run; the closing piece (the run's last) stays in acc for finish()."""
+        if cutlass.const_expr(self.probe >= 3):  # dev probe: no fix-up, no stores
+            return
         e = epi
-        flag, ws_addr, sem_addr, thr_mma = e.flag, e.ws_addr, e.sem_addr, e.thr_mma
-        n_tiles, k_chunks, total, grid_x, g_begin = e.n_tiles, e.k_chunks, e.total, e.grid_x, e.g_begin
-        tidx, wg, t, bid_x, bid_m = e.tidx, e.wg, e.t, e.bid_x, e.bid_m
-        tile = g // k_chunks
-        t0 = tile * k_chunks  # first chunk of the tile
-        # CTA owning chunk g: the c with c*T//G <= g < (c+1)*T//G, i.e. ((g+1)*G - 1) // T
-        c_first = ((t0 + 1) * grid_x - 1) // total
-        c_last = ((t0 + k_chunks) * grid_x - 1) // total
-        if c_first == c_last:  # the whole row tile is ours
-            self.store(acc, tile, epi)
+        tile = g // e.k_chunks
+        t0 = tile * e.k_chunks
+        if t0 + e.k_chunks > e.g_begin + e.nk:
+            base = self._slot(e.bid_x, epi)
+            for v in cutlass.range_constexpr(cute.size(acc)):
+                st_relaxed_f32(base + v * _WG * 4, acc[v])
         else:
-            nv = cute.size(acc)
-            slot_bytes = self.bm * self.bn * 4
-            wg_off = Int64(wg) * (nv * _WG * 4) + Int64(t) * 4
-            my_slot = Int32(0)  # slot 0: the piece that starts this CTA's run
-            if g_begin < t0:
-                my_slot = Int32(1)
-            base = (
-                Int64(ws_addr)
-                + ((Int64(bid_m) * Int64(grid_x) + Int64(bid_x)) * 2 + my_slot) * slot_bytes
-                + wg_off
-            )
-            for v in cutlass.range_constexpr(nv):
-                st_cg_f32(base + v * _WG * 4, acc[v])
-            # grid.sync's pattern: the CTA barrier orders every thread's partial before thread 0's
-            # gpu-scope fence (cumulative), which publishes them all before the counter bump;
-            # one membar per CTA instead of one per thread (ncu: Stall Membar was 13% of issue).
-            cute.arch.barrier(barrier_id=1, number_of_threads=_WG * self.wgs)
-            counter = Int64(sem_addr) + (Int64(bid_m) * Int64(n_tiles) + Int64(tile)) * 4
-            if tidx == 0:
-                cute.arch.fence_acq_rel_gpu()
-                flag[0] = atomic_add_acq_rel(counter, Int32(1))
-                cute.arch.fence_acq_rel_gpu()
-            cute.arch.barrier(barrier_id=1, number_of_threads=_WG * self.wgs)
-            if flag[0] == c_last - c_first:  # last piece in: reduce in CTA order (L2 loads)
-                coords = thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
-                grp = min(8, nv)  # running sums in groups of 8: no second full accumulator
-                tot = cute.make_rmem_tensor((grp,), Float32)
-                # The loads of _PIECE_BATCH pieces are issued together, then summed in CTA order:
-                # one L2 round trip per batch instead of one per piece (a decode tile has ~7).
-                buf = cute.make_rmem_tensor((_PIECE_BATCH * grp,), Float32)
-                for v0 in cutlass.range_constexpr(0, nv, grp):
-                    tot.fill(0.0)
-                    for c0 in cutlass.range(c_first, c_last + 1, _PIECE_BATCH, unroll=1):
-                        for b in cutlass.range_constexpr(_PIECE_BATCH):
-                            c = cutlass.min(c0 + b, c_last)  # past the end: a reload, not summed
-                            slot = Int32(0)
-                            if c * total // grid_x < t0:
-                                slot = Int32(1)
-                            pc = (
-                                Int64(ws_addr)
-                                + ((Int64(bid_m) * Int64(grid_x) + Int64(c)) * 2 + slot) * slot_bytes
-                                + wg_off
-                            )
-                            for j in cutlass.range_constexpr(grp):
-                                buf[b * grp + j] = ld_cg_f32(pc + (v0 + j) * _WG * 4)
-                        for b in cutlass.range_constexpr(_PIECE_BATCH):
-                            if c0 + b <= c_last:
-                                for j in cutlass.range_constexpr(grp):
-                                    tot[j] = tot[j] + buf[b * grp + j]
-                    for j in cutlass.range_constexpr(grp):
-                        self.store_one(tot[j], coords[v0 + j], tile, epi)
-                if tidx == 0:
-                    st_relaxed_u32(counter, Int32(0))
+            if t0 >= e.g_begin:
+                self.store(acc, tile, epi)
+
+    @cute.jit
+    def finish(self, acc, epi):
+        """After the run: if it began inside a row tile that ends within it, close that tile."""
+        if cutlass.const_expr(self.probe >= 3):
+            return
+        e = epi
+        tile = e.g_begin // e.k_chunks
+        t0 = tile * e.k_chunks
+        if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
+            c_first = ((t0 + 1) * e.grid_x - 1) // e.total  # the CTA owning the tile's chunk 0
+            self.reduce(acc, tile, c_first, epi)
+
+    @cute.jit
+    def reduce(self, acc, tile, c_first, epi):
+        """out = sum of CTAs c_first..bid_x-1's parked partials (in CTA order) + acc, stored."""
+        e = epi
+        nv = cute.size(acc)
+        coords = e.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
+        grp = min(8, nv)  # running sums in groups of 8: no second full accumulator
+        # Decode tiles have ~3-7 pieces: load up to 8 at once (one L2 round trip per poll).
+        batch = 8 if self.bn <= 32 else 4
+        tot = cute.make_rmem_tensor((grp,), Float32)
+        buf = cute.make_rmem_tensor((batch * grp,), Float32)
+        for v0 in cutlass.range_constexpr(0, nv, grp):
+            tot.fill(0.0)
+            for c0 in cutlass.range(c_first, e.bid_x, batch, unroll=1):
+                # Poll the whole batch until no word is empty: the peers finish about when we do,
+                # and re-polling word by word would cost a round trip per late word.
+                missing = self._load_batch(buf, c0, v0, grp, batch, epi)
+                while missing > 0:
+                    missing = self._load_batch(buf, c0, v0, grp, batch, epi)
+                for b in cutlass.range_constexpr(batch):
+                    if c0 + b < e.bid_x:
+                        pc = self._slot(c0 + b, epi)
+                        for j in cutlass.range_constexpr(grp):
+                            tot[j] = tot[j] + buf[b * grp + j]
+                            st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(SLOT_EMPTY_BITS - (1 << 32)))
+            for j in cutlass.range_constexpr(grp):
+                self.store_one(tot[j] + acc[v0 + j], coords[v0 + j], tile, epi)
+
+    @cute.jit
+    def _load_batch(self, buf, c0, v0, grp, batch, epi):
+        """Load words v0..v0+grp of pieces c0..c0+batch-1 (past bid_x-1: that piece again, not
+        summed); returns how many are still empty."""
+        missing = Int32(0)
+        for b in cutlass.range_constexpr(batch):
+            pc = self._slot(cutlass.min(c0 + b, epi.bid_x - 1), epi)
+            for j in cutlass.range_constexpr(grp):
+                buf[b * grp + j] = ld_relaxed_f32(pc + (v0 + j) * _WG * 4)
+        for i in cutlass.range_constexpr(batch * grp):
+            missing = missing + bits_equal(buf[i], SLOT_EMPTY_BITS)
+        return missing
 
     @cute.jit
     def store(self, vals, tile, epi):

@@ -18,10 +18,9 @@ Design (Hopper, swap-AB, mixed input):
      they stream in while the previous kernel finishes; x and every global write come after it.
   6. Stream-K: per token tile, the T = n_tiles * Kc (row tile, K chunk) pairs are cut into
      `grid.x` = G runs [c*T//G, (c+1)*T//G), one per CTA, so every SM streams the same number of
-     weight bytes (+-1 chunk) whatever N and K are.
-     A row tile cut between CTAs is fixed up deterministically: each piece stores its fp32 partial
-     in a workspace slot; the last piece to arrive (acq_rel counter per tile) sums all pieces in
-     CTA order, resets the counter to 0 (graph-replay safe) and runs the epilogue.
+     weight bytes (+-1 chunk) whatever N and K are. A CTA walks its run from high to low chunks.
+     A row tile cut between CTAs is fixed up deterministically by its highest CTA, which waits at
+     the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
      stride), RN to bf16; 2-byte stores (swap-AB puts tokens on the accumulator's N side).
 
@@ -57,7 +56,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self.bn, self.wgs, self.stages = bn, wgs, stages
         self.pdl = pdl
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
-        # 2 = no dequant and no wgmma (pure data movement through the pipeline)
+        # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
+        # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit
         self.probe = probe
         # per_step 1: fence + wgmma per k16 step, 7 in flight under each dequant;
         # 0: dequant the whole chunk, one fence, 8 chained wgmmas, wait for them;
@@ -90,14 +90,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         s_addr: Int64,  # uint8 codes (Nt, Kc, 32, 16)
         alpha_addr: Int64,  # fp32 [1] or [n]
         out_addr: Int64,  # bf16 [m, n] row-major
-        ws_addr: Int64,  # fp32 stream-K partials: (m_tiles, grid_x, 2 slots, bm * bn)
-        sem_addr: Int64,  # int32 per (m tile, row tile) counters, zero between launches
+        ws_addr: Int64,  # fp32 stream-K slots (m_tiles, grid_x, bm * bn), SLOT_EMPTY_BITS at rest
         m: Int32,
         n: Int32,
         k: Int32,
-        n_tiles: Int32,  # N_pad / bm
         k_chunks: Int32,  # K_pad / 128
-        total: Int32,  # n_tiles * k_chunks: (row tile, K chunk) pairs per token tile
+        total: Int32,  # N_pad / bm * k_chunks: (row tile, K chunk) pairs per token tile
         grid_x: Int32,  # G: stream-K runs (CTAs) per token tile, <= total
         alpha_stride: Int32,  # 0 for a scalar alpha, 1 per row
         stream,
@@ -115,7 +113,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         @cute.struct
         class SharedStorage:
             bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
-            flag: cute.struct.MemRange[Int32, 4]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem_staged)], 1024]
             sW: cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, self.stages * self.w_stage_bytes], 128]
 
@@ -132,10 +129,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             alpha_addr,
             out_addr,
             ws_addr,
-            sem_addr,
             m,
             n,
-            n_tiles,
             k_chunks,
             total,
             grid_x,
@@ -148,7 +143,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self,
         tma_atom: cute.CopyAtom,
         tma_x: cute.Tensor,
-        mma_first: cute.TiledMma,  # step 0 of a chunk: overwrites acc on a row tile's first chunk
+        mma_first: cute.TiledMma,  # step 0 of a chunk: overwrites acc when a piece starts (tile's last chunk)
         mma_acc: cute.TiledMma,  # steps 1..7: always accumulate
         b_smem_staged: cute.ComposedLayout,
         w_addr: Int64,
@@ -156,10 +151,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         alpha_addr: Int64,
         out_addr: Int64,
         ws_addr: Int64,
-        sem_addr: Int64,
         m: Int32,
         n: Int32,
-        n_tiles: Int32,
         k_chunks: Int32,
         total: Int32,
         grid_x: Int32,
@@ -174,6 +167,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # ---- this CTA's run of (row tile, K chunk) pairs, linear index g = tile * Kc + kc
         g_begin = bid_x * total // grid_x
         nk = (bid_x + 1) * total // grid_x - g_begin
+        g_last = g_begin + nk - 1  # runs are walked from high to low chunks: step i is g_last - i
+        if cutlass.const_expr(self.probe == 4):
+            nk = Int32(0)
 
         # ---- shared memory and the activation pipeline
         smem = utils.SmemAllocator()
@@ -217,7 +213,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     self.load_weights(
                         x_pipe.producer_get_barrier(prod),
                         prod.index,
-                        g_begin + i,
+                        g_last - i,
                         sw_base,
                         w_addr,
                         s_addr,
@@ -227,7 +223,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 cute.arch.griddepcontrol_wait()
                 first = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
                 for i in cutlass.range(start, unroll=1):
-                    g = g_begin + i
+                    g = g_last - i
                     kc = g - (g // k_chunks) * k_chunks
                     cute.copy(
                         tma_atom,
@@ -237,7 +233,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     )
                     first.advance()
             for i in cutlass.range(start, nk, unroll=1):
-                g = g_begin + i
+                g = g_last - i
                 kc = g - (g // k_chunks) * k_chunks
                 x_pipe.producer_acquire(prod)
                 bar = x_pipe.producer_get_barrier(prod)
@@ -252,15 +248,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 mma_acc,
                 sB,
                 x_pipe,
-                storage.flag.get_tensor(cute.make_layout(4)),
                 sw_base,
                 alpha_addr,
                 out_addr,
                 ws_addr,
-                sem_addr,
                 m,
                 n,
-                n_tiles,
                 k_chunks,
                 total,
                 grid_x,
@@ -302,15 +295,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         mma_acc,
         sB,
         x_pipe,
-        flag,
         sw_base,
         alpha_addr,
         out_addr,
         ws_addr,
-        sem_addr,
         m,
         n,
-        n_tiles,
         k_chunks,
         total,
         grid_x,
@@ -345,9 +335,13 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         epi = EpilogueArgs(
-            flag, alpha_addr, out_addr, ws_addr, sem_addr, m, n, n_tiles, k_chunks, total, grid_x,
-            g_begin, alpha_stride, tidx, wg, t, bid_x, bid_m, thr_mma,
+            alpha_addr, out_addr, ws_addr, m, n, k_chunks, total, grid_x,
+            g_begin, nk, alpha_stride, wg, t, bid_x, bid_m, thr_mma,
         )
+        g_last = g_begin + nk - 1
+        # A piece of a row tile starts at the tile's last chunk (chunks run high to low) and ends
+        # at its chunk 0 or at the run's end; flush() stores or parks it, finish() closes the
+        # tile an earlier CTA began.
         if cutlass.const_expr(self.per_step == 2):
             # Software-pipelined chunks: chunk i+1 is read and dequantized into the other A
             # fragment while chunk i's 8 wgmmas run (wait_group(1) at each chunk's end).
@@ -355,42 +349,43 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             for i0 in cutlass.range(0, n_main, 2, unroll=1):
                 for d in cutlass.range_constexpr(2):
                     i = i0 + d
-                    g = g_begin + i
+                    g = g_last - i
                     kc = g - (g // k_chunks) * k_chunks
-                    mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                    mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                     self.chunk(ctx, mma_first, frags[d], read, 1)
                     if i > 0:  # chunk i-1 retired by the wait above: its stage is free
                         x_pipe.consumer_release(release)
                         release.advance()
                     read.advance()
-                    if (kc == k_chunks - 1) | (i == nk - 1):  # a row tile's run ends: flush
+                    if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
-                        self.flush(acc, g_begin + i, epi)
+                        self.flush(acc, g, epi)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
-                g = g_begin + n_main
+                g = g_last - n_main
                 kc = g - (g // k_chunks) * k_chunks
-                mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if n_main > 0:
                     x_pipe.consumer_release(release)
                     release.advance()
                 read.advance()
-                self.flush(acc, g_begin + n_main, epi)
+                self.flush(acc, g, epi)
         else:
             for i in cutlass.range(nk, unroll=1):
-                g = g_begin + i
+                g = g_last - i
                 kc = g - (g // k_chunks) * k_chunks
-                mma_first.set(warpgroup.Field.ACCUMULATE, kc != 0)
+                mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if i > 0:  # chunk i-1's wgmmas have retired: its stage is free
                     x_pipe.consumer_release(release)
                     release.advance()
                 read.advance()
-                if (kc == k_chunks - 1) | (i == nk - 1):  # a row tile's run ends: flush
+                if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
-                    self.flush(acc, g_begin + i, epi)
+                    self.flush(acc, g, epi)
         warpgroup.wait_group(0)
+        self.finish(acc, epi)
 
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
@@ -399,7 +394,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         frag_u = cute.make_tensor(cute.recast_ptr(frag_a.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
         x_pipe.consumer_wait(read)
         stage = read.index * self.w_stage_bytes
-        if cutlass.const_expr(self.probe == 2):
+        if cutlass.const_expr(self.probe >= 2):
             return
         for slot in cutlass.range_constexpr(2):
             v = ld_shared_v4(w_thr + stage + slot * _WG * 16)

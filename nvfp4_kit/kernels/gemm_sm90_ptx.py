@@ -19,10 +19,10 @@ __all__ = [
     "dequant_step",
     "ld_nc_f32",
     "st_bf16",
-    "st_cg_f32",
-    "ld_cg_f32",
-    "atomic_add_acq_rel",
+    "st_relaxed_f32",
     "st_relaxed_u32",
+    "ld_relaxed_f32",
+    "bits_equal",
     "bulk_g2s",
     "ld_shared_v4",
 ]
@@ -121,40 +121,14 @@ def st_bf16(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
 
 
 @dsl_user_op
-def st_cg_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
+def st_relaxed_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
+    """gpu-scope relaxed store (L2): a word another CTA polls for."""
     inline_ptx(
         None,
         [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
-        "st.global.cg.f32 [$0], $1;",
+        "st.relaxed.gpu.global.f32 [$0], $1;",
         "l,f",
         side_effects=True,
-    )
-
-
-@dsl_user_op
-def ld_cg_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
-    """L2-coherent load (skips L1, which may hold nothing stale: we never read these lines before)."""
-    return Float32(
-        inline_ptx(
-            T.f32(),
-            [Int64(addr).ir_value(loc=loc, ip=ip)],
-            "ld.global.cg.f32 $0, [$1];",
-            "=f,l",
-            side_effects=True,
-        )
-    )
-
-
-@dsl_user_op
-def atomic_add_acq_rel(addr: Int64, value: Int32, *, loc=None, ip=None) -> Int32:
-    return Int32(
-        inline_ptx(
-            T.i32(),
-            [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
-            "atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;",
-            "=r,l,r",
-            side_effects=True,
-        )
     )
 
 
@@ -166,6 +140,34 @@ def st_relaxed_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
         "st.relaxed.gpu.global.u32 [$0], $1;",
         "l,r",
         side_effects=True,
+    )
+
+
+@dsl_user_op
+def ld_relaxed_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
+    """gpu-scope relaxed load (L2; never a stale L1 line)."""
+    return Float32(
+        inline_ptx(
+            T.f32(),
+            [Int64(addr).ir_value(loc=loc, ip=ip)],
+            "ld.relaxed.gpu.global.f32 $0, [$1];",
+            "=f,l",
+            side_effects=True,
+        )
+    )
+
+
+@dsl_user_op
+def bits_equal(value: Float32, bits: int, *, loc=None, ip=None) -> Int32:
+    """1 if the fp32 `value` has exactly these bits (NaN payloads included), else 0."""
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Float32(value).ir_value(loc=loc, ip=ip)],
+            f"{{\n.reg .pred p;\nsetp.eq.b32 p, $1, {bits:#x};\nselp.u32 $0, 1, 0, p;\n}}\n",
+            "=r,f",
+            side_effects=False,
+        )
     )
 
 
