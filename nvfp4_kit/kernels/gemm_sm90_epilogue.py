@@ -11,9 +11,10 @@ parked partials of the tile's earlier CTAs, re-polls any word still empty, sums 
 No counter, fence or atomic: every workspace word holds SLOT_EMPTY_BITS (a NaN payload no fp32
 arithmetic produces; GPUs write the canonical NaN 0x7fffffff) except between its one write and its
 one read within a launch, so a word's own value says whether it has arrived. Publishing costs a
-store, the reducer's wait one L2 round trip per poll of a whole batch of pieces. The reducer (a tile's highest CTA) only waits for
-lower-numbered CTAs, which the hardware dispatched before it (CUTLASS's stream-K relies on the
-same order), and only at the end of its run, when its peers are done too.
+store, the reducer's wait one L2 round trip per poll of a whole batch of pieces. The reducer (a
+tile's highest CTA) only waits for lower-numbered CTAs, which the hardware dispatched before it
+(CUTLASS's stream-K relies on the same order), and only at the end of its run, when its peers are
+done too.
 Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a counter cost ~5 us
 per decode kernel, the counter version of this order ~2.5 us.
 Workspace: (m_tiles, grid_x, bm * bn) fp32, one slot per CTA, all words SLOT_EMPTY_BITS at rest.

@@ -9,7 +9,8 @@ Design (Hopper, swap-AB, mixed input):
   3. Consumer warpgroups read their own 48 bytes per chunk from shared memory (conflict-free
      16-byte loads), dequantize in registers (gemm_sm90_ptx: e2m1 -> bf16 by bit placement, times
      the e4m3 scale, one bf16x2 multiply per 2 values) into wgmma's register A operand (RS wgmma);
-     the activations are the shared-memory B operand.
+     the activations are the shared-memory B operand. bn = 8 (decode) uses warp-level mma.sync on
+     the same A registers instead (consume_sync: no wgmma issue/fence/wait per 1024 weights).
   4. Overlap of dequant and MMA (`per_step`): 2 (default) dequantizes chunk i+1 into a second A
      fragment while chunk i's 8 chained wgmmas run; 1 fences and issues per k16 step with 7 wgmmas
      in flight; 0 waits for each chunk. Measured within 3% of each other at decode (the data
@@ -40,7 +41,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from .gemm_sm90_epilogue import EpilogueArgs, StreamKEpilogue
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
-from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_v4
+from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_b32, ld_shared_v4, mma_bf16_m16n8k16
 
 __all__ = ["Sm90W4A16Kernel"]
 
@@ -52,8 +53,19 @@ _S_CHUNK_BYTES = SCALE_GROUPS * 16  # scale codes of one 64-row tile x one K chu
 class Sm90W4A16Kernel(StreamKEpilogue):
     """One compiled variant per (bn, wgs, stages); see gemm_sm90_config.GemmConfig."""
 
-    def __init__(self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0):
+    def __init__(
+        self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
+        accumulators: int = 0, sync_mma: bool | None = None,
+    ):
         self.bn, self.wgs, self.stages = bn, wgs, stages
+        # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
+        # measured 2-7% slower than wgmma on H100, benchmarks/notes_gemm.md)
+        self.sync_mma = (bn == 8) if sync_mma is None else sync_mma
+        if self.sync_mma and bn > 16:
+            raise ValueError(f"bn={bn}: the mma.sync path serves bn 8 and 16")
+        # Independent accumulators the 8 k16 steps of a chunk rotate over (summed at each flush),
+        # so consecutive MMAs do not wait for each other. Registers: bn / 2 per accumulator.
+        self.accumulators = accumulators or (2 if self.sync_mma else 1)
         self.pdl = pdl
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
@@ -143,8 +155,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self,
         tma_atom: cute.CopyAtom,
         tma_x: cute.Tensor,
-        mma_first: cute.TiledMma,  # step 0 of a chunk: overwrites acc when a piece starts (tile's last chunk)
-        mma_acc: cute.TiledMma,  # steps 1..7: always accumulate
+        mma_first: cute.TiledMma,  # a chunk's first step on each accumulator: overwrites when a
+        # piece starts (the tile's last chunk)
+        mma_acc: cute.TiledMma,  # the other steps: always accumulate
         b_smem_staged: cute.ComposedLayout,
         w_addr: Int64,
         s_addr: Int64,
@@ -242,8 +255,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 x_pipe.producer_commit(prod)
                 prod.advance()
         else:
-            # ================= consumer warpgroups: dequant + RS wgmma =================
-            self.consume(
+            # ================= consumer warpgroups: dequant + MMA =================
+            consume = self.consume_sync if cutlass.const_expr(self.sync_mma) else self.consume
+            consume(
                 mma_first,
                 mma_acc,
                 sB,
@@ -315,8 +329,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         t = tidx % _WG
         thr_mma = mma_acc.get_slice(t)
         tCrB = mma_acc.make_fragment_B(thr_mma.partition_B(sB))  # (MMA, MMA_N, 8 steps, STAGES)
-        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C((ROW_TILE, self.bn)), Float32)
-        acc.fill(0.0)
+        acc_shape = thr_mma.partition_shape_C((ROW_TILE, self.bn))
+        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.accumulators)]
+        for a in accs:
+            a.fill(0.0)
+        acc = accs[0] if self.accumulators == 1 else cute.make_rmem_tensor(acc_shape, Float32)
         mma_acc.set(warpgroup.Field.ACCUMULATE, True)
         # A fragments (bf16, (8 values, 1, 8 k16 steps)); two when chunks are software-pipelined.
         frags = [
@@ -330,7 +347,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + s_group * 16
         # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
         # in a tuple before the loop would keep the stale pre-loop value)
-        ctx = (mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr)
+        ctx = (mma_acc, accs, tCrB, wbuf, x_pipe, w_thr, s_thr)
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -359,7 +376,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     read.advance()
                     if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
-                        self.flush(acc, g, epi)
+                        self.flush(self.summed(accs, acc), g, epi)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -370,7 +387,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     x_pipe.consumer_release(release)
                     release.advance()
                 read.advance()
-                self.flush(acc, g, epi)
+                self.flush(self.summed(accs, acc), g, epi)
         else:
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
@@ -383,14 +400,120 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 read.advance()
                 if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
-                    self.flush(acc, g, epi)
+                    self.flush(self.summed(accs, acc), g, epi)
         warpgroup.wait_group(0)
-        self.finish(acc, epi)
+        self.finish(self.summed(accs, acc), epi)
+
+    @cute.jit
+    def summed(self, accs, out):
+        """The accumulators' sum in `out` (accs[0] itself when there is one)."""
+        if cutlass.const_expr(self.accumulators == 1):
+            return accs[0]
+        for v in cutlass.range_constexpr(cute.size(out)):
+            total = accs[0][v]
+            for j in cutlass.range_constexpr(1, self.accumulators):
+                total = total + accs[j][v]
+            out[v] = total
+        return out
+
+    @cute.jit
+    def consume_sync(
+        self,
+        mma_first,
+        mma_acc,
+        sB,
+        x_pipe,
+        sw_base,
+        alpha_addr,
+        out_addr,
+        ws_addr,
+        m,
+        n,
+        k_chunks,
+        total,
+        grid_x,
+        g_begin,
+        nk,
+        alpha_stride,
+        tidx,
+        bid_x,
+        bid_m,
+    ):
+        """Decode consumer (bn 8/16): each warp multiplies its 16 rows of the dequantized tile with
+        mma.sync m16n8k16, reading the activations' B fragments straight from the swizzled stage.
+
+        Why not wgmma here: at decode a wgmma m64n8k16 does 8 K-FMA of work but costs ~40 cycles
+        of issue, fence and completion per 1024 weights; a CTA's few chunks arrive near the end
+        of the kernel, so that cost lands on the critical path (dev probe: full kernel vs no
+        wgmma, ~3 us on the 4096 x 4096 shape). mma.sync takes the same A fragment registers.
+        """
+        wg = tidx // _WG
+        t = tidx % _WG
+        thr_mma = mma_acc.get_slice(t)  # only for the accumulator layout the epilogue reads
+        acc_shape = thr_mma.partition_shape_C((ROW_TILE, self.bn))
+        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.accumulators)]
+        for a in accs:
+            a.fill(0.0)
+        acc = cute.make_rmem_tensor(acc_shape, Float32)
+        wbuf = cute.make_rmem_tensor((12,), Int32)
+        w_thr = sw_base + wg * _W_CHUNK_BYTES + t * 16
+        s_group = 8 * (t // 32) + (t % 32) // 4
+        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + s_group * 16
+        # B fragment of lane (g, c): x[token g (+8j), k 2c, 2c+1 (+8)] of a K-major, 128-byte
+        # swizzled stage (TMA SWIZZLE_128B, 1024-byte aligned): token rows of 128 bytes (64 k),
+        # 16-byte column chunk q stored at q ^ (row % 8); 8-row atoms 1 KB apart, the two 64-wide
+        # K halves bn/8 KB apart (layout ((8, bn/8), (64, 2)) : ((64, 512), (1, 64 bn)) elements).
+        lane_g = (t % 32) // 4
+        lane_c = t % 4
+        b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
+        stage_bytes = self.bn * K_CHUNK * 2
+        epi = EpilogueArgs(
+            alpha_addr, out_addr, ws_addr, m, n, k_chunks, total, grid_x,
+            g_begin, nk, alpha_stride, wg, t, bid_x, bid_m, thr_mma,
+        )
+        g_last = g_begin + nk - 1
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        for i in cutlass.range(nk, unroll=1):
+            g = g_last - i
+            kc = g - (g // k_chunks) * k_chunks
+            if kc == k_chunks - 1:  # a piece starts
+                for a in accs:
+                    a.fill(0.0)
+            x_pipe.consumer_wait(read)
+            if cutlass.const_expr(self.probe < 2):
+                stage = read.index * self.w_stage_bytes
+                for slot in cutlass.range_constexpr(2):
+                    v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
+                    for j in cutlass.range_constexpr(4):
+                        wbuf[4 * slot + j] = v[j]
+                v = ld_shared_v4(s_thr + stage)
+                for j in cutlass.range_constexpr(4):
+                    wbuf[8 + j] = v[j]
+                b_stage = b_lane + read.index * stage_bytes
+                for s in cutlass.range_constexpr(STEPS):
+                    r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                    if cutlass.const_expr(self.probe == 0):
+                        a = accs[s % self.accumulators]
+                        for nb in cutlass.range_constexpr(self.bn // 8):
+                            b = []
+                            for h in cutlass.range_constexpr(2):
+                                q = 2 * (s % 4) + h  # 16-byte chunk of k = 16 s + 8 h + 2 c
+                                off = (s // 4) * (self.bn // 8) * 1024 + nb * 1024
+                                b.append(ld_shared_b32(b_stage + off + ((q ^ lane_g) << 4)))
+                            d = mma_bf16_m16n8k16(r, b[0], b[1], [a[4 * nb + e] for e in range(4)])
+                            for e in cutlass.range_constexpr(4):
+                                a[4 * nb + e] = d[e]
+            x_pipe.consumer_release(read)  # every read of the stage has returned (values used)
+            read.advance()
+            if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
+                self.flush(self.summed(accs, acc), g, epi)
+        self.finish(self.summed(accs, acc), epi)
 
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
         """One 128-wide K chunk: its 48 bytes from shared memory, dequant, 8 RS wgmmas."""
-        mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
+        mma_acc, accs, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
+        n_acc = self.accumulators
         frag_u = cute.make_tensor(cute.recast_ptr(frag_a.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
         x_pipe.consumer_wait(read)
         stage = read.index * self.w_stage_bytes
@@ -411,10 +534,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 for j in cutlass.range_constexpr(4):
                     frag_u[4 * s + j] = r[j]
                 warpgroup.fence()
-                if s == 0:
-                    cute.gemm(mma_first, acc, frag_a[None, None, 0], tCrB[None, None, 0, read.index], acc)
-                else:
-                    cute.gemm(mma_acc, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+                a = accs[s % n_acc]
+                mma = mma_first if s < n_acc else mma_acc
+                cute.gemm(mma, a, frag_a[None, None, s], tCrB[None, None, s, read.index], a)
                 warpgroup.commit_group()
             warpgroup.wait_group(STEPS - 1)  # chunk i-1 fully retired (its stage may go)
         else:
@@ -425,8 +547,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             if cutlass.const_expr(self.probe == 1):
                 return
             warpgroup.fence()
-            cute.gemm(mma_first, acc, frag_a[None, None, 0], tCrB[None, None, 0, read.index], acc)
-            for s in cutlass.range_constexpr(1, STEPS):
-                cute.gemm(mma_acc, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+            for s in cutlass.range_constexpr(STEPS):
+                a = accs[s % n_acc]
+                mma = mma_first if s < n_acc else mma_acc
+                cute.gemm(mma, a, frag_a[None, None, s], tCrB[None, None, s, read.index], a)
             warpgroup.commit_group()
             warpgroup.wait_group(keep_in_flight)

@@ -25,6 +25,8 @@ __all__ = [
     "bits_equal",
     "bulk_g2s",
     "ld_shared_v4",
+    "ld_shared_b32",
+    "mma_bf16_m16n8k16",
 ]
 
 
@@ -197,3 +199,33 @@ def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
         side_effects=True,
     )
     return _i32s(res, 4, loc, ip)
+
+
+@dsl_user_op
+def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Int32(addr).ir_value(loc=loc, ip=ip)],
+            "ld.shared.b32 $0, [$1];",
+            "=r,r",
+            side_effects=True,
+        )
+    )
+
+
+@dsl_user_op
+def mma_bf16_m16n8k16(a: list, b0: Int32, b1: Int32, c: list, *, loc=None, ip=None) -> list:
+    """Warp-level mma.sync m16n8k16, bf16 x bf16 -> fp32: d = A (4 x bf16x2, row-major fragment)
+    * B (2 x bf16x2, column-major fragment) + c (4 x fp32). Same per-warp A/C fragments as one warp's
+    share of wgmma m64nNk16, without wgmma's asynchronous issue/fence/wait."""
+    res = inline_ptx(
+        llvm.StructType.get_literal([T.f32()] * 4),
+        [Int32(v).ir_value(loc=loc, ip=ip) for v in (*a, b0, b1)]
+        + [Float32(v).ir_value(loc=loc, ip=ip) for v in c],
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+        "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
+        side_effects=False,
+    )
+    return [Float32(llvm.extractvalue(T.f32(), res, [i], loc=loc, ip=ip)) for i in range(4)]
