@@ -213,11 +213,22 @@ def _(x, global_scale, backend):
 # ----------------------------------------------------------------------------------------------
 def gemm(x, w, w_scale, alpha, *, layout, n, x_scale=None, out_dtype=torch.bfloat16,
          backend: str = "auto", out=None):
-    """out = (x @ W.T) * alpha for a prepared NVFP4 weight; `out=` writes in place (graph-safe)."""
+    """out = (x @ W.T) * alpha for a prepared NVFP4 weight; `out=` writes in place (graph-safe).
+
+    Under torch.compile this is the custom op. Eager calls run the op's implementation directly:
+    the dispatcher round trip of a Python custom op cost ~160 us of host time per call on the H100
+    box (benchmarks/dev_host_overhead.py), more than the GPU time of a decode GEMM, and eager
+    prefill makes ~4 such calls per layer."""
     backend = Fp4GemmBackend.parse(backend).value
+    if torch.compiler.is_compiling():
+        if out is None:
+            return torch.ops.nvfp4.gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, backend)
+        torch.ops.nvfp4.gemm_out(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
+        return out
     if out is None:
-        return torch.ops.nvfp4.gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, backend)
-    torch.ops.nvfp4.gemm_out(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
+        validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype)  # before allocating
+        out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
+    _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out)
     return out
 
 
