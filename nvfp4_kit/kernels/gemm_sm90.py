@@ -12,8 +12,10 @@ Graph capture: gemm_w4a16_out allocates nothing, copies nothing host->device and
 torch.cuda.current_stream(). The stream-K fix-up uses a per-device fp32 workspace
 (`workspace_bytes`) whose words rest at SLOT_EMPTY_BITS; it grows only outside capture
 (`reserve_workspace`, or on the first eager call) and a call under capture that would need more
-raises. The workspace is shared by all
-GEMMs of a device: calls on two streams that run concurrently must not both use stream-K pieces.
+raises. The workspace is shared by all GEMMs of a device: calls on two streams that run
+concurrently must not both use stream-K pieces (one would consume the other's partials; a
+reducer left waiting for a word already taken traps after ~seconds, so the launch fails instead of
+hanging).
 Kernels are launched with programmatic dependent launch (PDL); they call griddepcontrol.wait
 before reading x or writing anything, so any kernel may precede them.
 """

@@ -37,11 +37,15 @@ from .gemm_sm90_ptx import (
     st_bf16,
     st_relaxed_f32,
     st_relaxed_u32,
+    trap,
 )
 
 __all__ = ["EpilogueArgs", "StreamKEpilogue"]
 
 _WG = 128
+# Polls (one L2 round trip each, ~0.5-1 us) before a reducer gives up on a parked partial: seconds,
+# never reached when the workspace is used as documented (one stream-K GEMM at a time per device).
+_MAX_POLLS = 1 << 23
 
 
 class EpilogueArgs(NamedTuple):
@@ -122,7 +126,11 @@ class StreamKEpilogue:
                 # Poll the whole batch until no word is empty: the peers finish about when we do,
                 # and re-polling word by word would cost a round trip per late word.
                 missing = self._load_batch(buf, c0, v0, grp, batch, epi)
+                polls = Int32(0)
                 while missing > 0:
+                    polls = polls + 1
+                    if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                        trap()
                     missing = self._load_batch(buf, c0, v0, grp, batch, epi)
                 for b in cutlass.range_constexpr(batch):
                     if c0 + b < e.bid_x:

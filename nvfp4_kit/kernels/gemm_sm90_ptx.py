@@ -23,6 +23,7 @@ __all__ = [
     "st_relaxed_u32",
     "ld_relaxed_f32",
     "bits_equal",
+    "trap",
     "bulk_g2s",
     "ld_shared_v4",
     "ld_shared_b32",
@@ -171,6 +172,12 @@ def bits_equal(value: Float32, bits: int, *, loc=None, ip=None) -> Int32:
             side_effects=False,
         )
     )
+
+
+@dsl_user_op
+def trap(*, loc=None, ip=None) -> None:
+    """Abort the kernel (the launch fails with an error instead of hanging)."""
+    inline_ptx(None, [], "trap;", "", side_effects=True)
 
 
 @dsl_user_op
