@@ -41,6 +41,54 @@ def test_stream_k_grid_covers_work_once(m, n, k):
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
 
 
+def _piece_roles(c, total, grid, k_chunks):
+    """The fix-up rules of gemm_sm90_epilogue for CTA c, as the kernel applies them: its run walked
+    high to low, each piece (tile, lowest chunk) is "whole", "parked" (its tile goes on past the run)
+    or "closing" (it ends a tile begun by earlier CTAs; the closer expects c - c_first partials)."""
+    g_begin, g_end = c * total // grid, (c + 1) * total // grid
+    roles, g = [], g_end - 1
+    while g >= g_begin:
+        tile = g // k_chunks
+        t0 = tile * k_chunks
+        low = max(t0, g_begin)
+        if t0 + k_chunks > g_end:
+            roles.append(("parked", tile, None))
+        elif t0 >= g_begin:
+            roles.append(("whole", tile, None))
+        else:
+            c_first = ((t0 + 1) * grid - 1) // total
+            roles.append(("closing", tile, c - c_first))
+        g = low - 1
+    return roles
+
+
+@pytest.mark.parametrize("k_chunks", [1, 3, 32, 112])
+@pytest.mark.parametrize("n_tiles", [1, 5, 64, 448])
+def test_stream_k_fix_up_roles(k_chunks, n_tiles):
+    """What the one-slot-per-CTA workspace and the closer's wait rely on: a CTA parks at most one
+    piece (its first) and closes at most one (its last); every cut tile has exactly one closer,
+    which expects exactly the number of pieces parked for it; every other tile is whole in one CTA."""
+    total = n_tiles * k_chunks
+    for grid in sorted({1, 2, 7, 132, 264, 396, 528, total} & set(range(1, total + 1))):
+        parked, whole, closers = {}, {}, {}
+        for c in range(grid):
+            roles = _piece_roles(c, total, grid, k_chunks)
+            for i, (role, tile, expect) in enumerate(roles):
+                if role == "parked":
+                    assert i == 0
+                    parked[tile] = parked.get(tile, 0) + 1
+                elif role == "closing":
+                    assert i == len(roles) - 1 and tile not in closers
+                    closers[tile] = expect
+                else:
+                    whole[tile] = whole.get(tile, 0) + 1
+        for tile in range(n_tiles):
+            if tile in closers:
+                assert tile not in whole and parked.get(tile, 0) == closers[tile] >= 1
+            else:
+                assert whole.get(tile) == 1 and tile not in parked
+
+
 def test_every_config_compiles_for_sm90a():
     keys = G.precompile("sm_90a")
     assert len(keys) == len(COMPILED_SHAPES)
