@@ -216,9 +216,9 @@ def gemm(x, w, w_scale, alpha, *, layout, n, x_scale=None, out_dtype=torch.bfloa
     """out = (x @ W.T) * alpha for a prepared NVFP4 weight; `out=` writes in place (graph-safe).
 
     Under torch.compile this is the custom op. Eager calls run the op's implementation directly:
-    the dispatcher round trip of a Python custom op cost ~160 us of host time per call on the H100
-    box (benchmarks/dev_host_overhead.py), more than the GPU time of a decode GEMM, and eager
-    prefill makes ~4 such calls per layer."""
+    the dispatcher round trip of a Python custom op cost ~90 us of host time per call on the H100
+    box (ops.linear 298 -> 207 us, benchmarks/dev_host_overhead.py), more than the GPU time of a
+    decode GEMM, and eager prefill makes ~4 such calls per layer."""
     backend = Fp4GemmBackend.parse(backend).value
     if torch.compiler.is_compiling():
         if out is None:
