@@ -27,14 +27,12 @@ from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us  # noqa: E402
 
 
 @functools.cache
-def compiled(cfg: GemmConfig, probe: int, accumulators: int = 0, sync_mma: bool | None = None):
+def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
-    kern = Sm90W4A16Kernel(
-        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, accumulators, sync_mma
-    )
+    kern = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma)
     return cute.compile(kern, *G._compile_args())
 
 
@@ -45,7 +43,6 @@ def main() -> None:
     p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl];..."')
     p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data only, 3, 4")
     p.add_argument("--baselines", action="store_true")
-    p.add_argument("--accs", default="0", help="comma list of accumulator counts (0: the kernel's default)")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
     a = p.parse_args()
     for shape in a.shape.split(","):
@@ -55,10 +52,9 @@ def main() -> None:
         for spec in a.cfg.split(";"):
             bn, wgs, st, ps, c, *pdl = (int(v) for v in spec.split(","))
             cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl[0] if pdl else 1)
-            for accs in (int(v) for v in a.accs.split(",")):
-                for mma in a.mma.split(","):
-                    sync = {"auto": None, "wgmma": False, "sync": True}[mma]
-                    run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], accs, sync)
+            for mma in a.mma.split(","):
+                sync = {"auto": None, "wgmma": False, "sync": True}[mma]
+                run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync)
 
 
 def baselines(n: int, k: int) -> None:
@@ -79,7 +75,7 @@ def baselines(n: int, k: int) -> None:
     )
 
 
-def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], accs: int = 0, sync=None) -> None:
+def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None) -> None:
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
     from cutlass.cute.runtime import make_ptr
@@ -98,7 +94,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], accs: int = 
     ws = G._workspaces[0]
     nbytes = n * k * 0.5625
     for probe in probes:
-        fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, accs, sync)  # ctas_per_sm: run time
+        fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync)  # ctas_per_sm: run time
 
         def call(cw, cs, fn=fn):
             stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
@@ -122,7 +118,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], accs: int = 
         us = graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=7)
         print(
             f"probe {probe} ({['full', 'no wgmma', 'data only', 'no fix-up', 'launch'][probe]:9s}) "
-            f"{cfg.name} mma={ {None: 'auto', True: 'sync', False: 'wgmma'}[sync]} accs={accs or 'auto'} "
+            f"{cfg.name} mma={ {None: 'auto', True: 'sync', False: 'wgmma'}[sync]} "
             f"N={n} K={k} "
             f"M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
             flush=True,

@@ -48,6 +48,7 @@ __all__ = ["Sm90W4A16Kernel"]
 _WG = 128  # threads per warpgroup
 _W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
 _S_CHUNK_BYTES = SCALE_GROUPS * 16  # scale codes of one 64-row tile x one K chunk (512 B)
+_SYNC_ACCUMULATORS = 2  # mma.sync path: independent accumulators the k16 steps alternate over
 
 
 class Sm90W4A16Kernel(StreamKEpilogue):
@@ -55,7 +56,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
-        accumulators: int = 0, sync_mma: bool | None = None,
+        sync_mma: bool | None = None,
     ):
         self.bn, self.wgs, self.stages = bn, wgs, stages
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
@@ -63,9 +64,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self.sync_mma = (bn == 8) if sync_mma is None else sync_mma
         if self.sync_mma and bn > 16:
             raise ValueError(f"bn={bn}: the mma.sync path serves bn 8 and 16")
-        # Independent accumulators the 8 k16 steps of a chunk rotate over (summed at each flush),
-        # so consecutive MMAs do not wait for each other. Registers: bn / 2 per accumulator.
-        self.accumulators = accumulators or (2 if self.sync_mma else 1)
         self.pdl = pdl
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
@@ -155,9 +153,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self,
         tma_atom: cute.CopyAtom,
         tma_x: cute.Tensor,
-        mma_first: cute.TiledMma,  # a chunk's first step on each accumulator: overwrites when a
-        # piece starts (the tile's last chunk)
-        mma_acc: cute.TiledMma,  # the other steps: always accumulate
+        mma_first: cute.TiledMma,  # step 0 of a chunk: overwrites acc when a piece starts (the
+        # tile's last chunk)
+        mma_acc: cute.TiledMma,  # steps 1..7: always accumulate
         b_smem_staged: cute.ComposedLayout,
         w_addr: Int64,
         s_addr: Int64,
@@ -256,28 +254,30 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 prod.advance()
         else:
             # ================= consumer warpgroups: dequant + MMA =================
-            consume = self.consume_sync if cutlass.const_expr(self.sync_mma) else self.consume
-            consume(
-                mma_first,
-                mma_acc,
-                sB,
-                x_pipe,
-                sw_base,
-                alpha_addr,
-                out_addr,
-                ws_addr,
-                m,
-                n,
-                k_chunks,
-                total,
-                grid_x,
-                g_begin,
-                nk,
-                alpha_stride,
-                tidx,
-                bid_x,
-                bid_m,
+            wg = tidx // _WG
+            t = tidx % _WG
+            epi = EpilogueArgs(
+                alpha_addr=alpha_addr,
+                out_addr=out_addr,
+                ws_addr=ws_addr,
+                m=m,
+                n=n,
+                k_chunks=k_chunks,
+                total=total,
+                grid_x=grid_x,
+                g_begin=g_begin,
+                nk=nk,
+                alpha_stride=alpha_stride,
+                wg=wg,
+                t=t,
+                bid_x=bid_x,
+                bid_m=bid_m,
+                thr_mma=mma_acc.get_slice(t),
             )
+            if cutlass.const_expr(self.sync_mma):
+                self.consume_sync(sB, x_pipe, sw_base, epi)
+            else:
+                self.consume(mma_first, mma_acc, sB, x_pipe, sw_base, epi)
 
     @cute.jit
     def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks):
@@ -303,37 +303,32 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 )
 
     @cute.jit
-    def consume(
-        self,
-        mma_first,
-        mma_acc,
-        sB,
-        x_pipe,
-        sw_base,
-        alpha_addr,
-        out_addr,
-        ws_addr,
-        m,
-        n,
-        k_chunks,
-        total,
-        grid_x,
-        g_begin,
-        nk,
-        alpha_stride,
-        tidx,
-        bid_x,
-        bid_m,
-    ):
-        wg = tidx // _WG
-        t = tidx % _WG
-        thr_mma = mma_acc.get_slice(t)
-        tCrB = mma_acc.make_fragment_B(thr_mma.partition_B(sB))  # (MMA, MMA_N, 8 steps, STAGES)
-        acc_shape = thr_mma.partition_shape_C((ROW_TILE, self.bn))
-        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.accumulators)]
-        for a in accs:
-            a.fill(0.0)
-        acc = accs[0] if self.accumulators == 1 else cute.make_rmem_tensor(acc_shape, Float32)
+    def thread_chunk_addrs(self, sw_base, epi):
+        """Shared addresses of this thread's 2 x 16 weight bytes and 16 scale-code bytes in stage 0."""
+        w_thr = sw_base + epi.wg * _W_CHUNK_BYTES + epi.t * 16
+        # the 4 threads sharing rows g, g+8 read the same 16 bytes (layout: scale group 8w + l//4)
+        s_group = 8 * (epi.t // 32) + (epi.t % 32) // 4
+        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + epi.wg * _S_CHUNK_BYTES + s_group * 16
+        return w_thr, s_thr
+
+    @cute.jit
+    def read_chunk_words(self, wbuf, w_thr, s_thr, stage):
+        """wbuf = this thread's 8 nibble words + 4 scale-code words of the chunk in `stage`."""
+        for slot in cutlass.range_constexpr(2):
+            v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
+            for j in cutlass.range_constexpr(4):
+                wbuf[4 * slot + j] = v[j]
+        v = ld_shared_v4(s_thr + stage)
+        for j in cutlass.range_constexpr(4):
+            wbuf[8 + j] = v[j]
+
+    @cute.jit
+    def consume(self, mma_first, mma_acc, sB, x_pipe, sw_base, epi):
+        """Consumer warpgroups (bn >= 16): dequantized weights as the register A operand of wgmma."""
+        g_begin, nk, k_chunks = epi.g_begin, epi.nk, epi.k_chunks
+        tCrB = mma_acc.make_fragment_B(epi.thr_mma.partition_B(sB))  # (MMA, MMA_N, 8 steps, STAGES)
+        acc = cute.make_rmem_tensor(epi.thr_mma.partition_shape_C((ROW_TILE, self.bn)), Float32)
+        acc.fill(0.0)
         mma_acc.set(warpgroup.Field.ACCUMULATE, True)
         # A fragments (bf16, (8 values, 1, 8 k16 steps)); two when chunks are software-pipelined.
         frags = [
@@ -341,20 +336,13 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             for _ in range(2 if self.per_step == 2 else 1)
         ]
         wbuf = cute.make_rmem_tensor((12,), Int32)  # this chunk's 8 nibble words + 4 code words
-        w_thr = sw_base + wg * _W_CHUNK_BYTES + t * 16
-        # the 4 threads sharing rows g, g+8 read the same 16 bytes (layout: scale group 8w + l//4)
-        s_group = 8 * (t // 32) + (t % 32) // 4
-        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + s_group * 16
+        w_thr, s_thr = self.thread_chunk_addrs(sw_base, epi)
         # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
         # in a tuple before the loop would keep the stale pre-loop value)
-        ctx = (mma_acc, accs, tCrB, wbuf, x_pipe, w_thr, s_thr)
+        ctx = (mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr)
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        epi = EpilogueArgs(
-            alpha_addr, out_addr, ws_addr, m, n, k_chunks, total, grid_x,
-            g_begin, nk, alpha_stride, wg, t, bid_x, bid_m, thr_mma,
-        )
         g_last = g_begin + nk - 1
         # A piece of a row tile starts at the tile's last chunk (chunks run high to low) and ends
         # at its chunk 0 or at the run's end; flush() stores or parks it, finish() closes the
@@ -376,7 +364,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     read.advance()
                     if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
-                        self.flush(self.summed(accs, acc), g, epi)
+                        self.flush(acc, g, epi)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -387,7 +375,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     x_pipe.consumer_release(release)
                     release.advance()
                 read.advance()
-                self.flush(self.summed(accs, acc), g, epi)
+                self.flush(acc, g, epi)
         else:
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
@@ -400,45 +388,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 read.advance()
                 if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
-                    self.flush(self.summed(accs, acc), g, epi)
+                    self.flush(acc, g, epi)
         warpgroup.wait_group(0)
-        self.finish(self.summed(accs, acc), epi)
+        self.finish(acc, epi)
 
     @cute.jit
-    def summed(self, accs, out):
-        """The accumulators' sum in `out` (accs[0] itself when there is one)."""
-        if cutlass.const_expr(self.accumulators == 1):
-            return accs[0]
-        for v in cutlass.range_constexpr(cute.size(out)):
-            total = accs[0][v]
-            for j in cutlass.range_constexpr(1, self.accumulators):
-                total = total + accs[j][v]
-            out[v] = total
-        return out
-
-    @cute.jit
-    def consume_sync(
-        self,
-        mma_first,
-        mma_acc,
-        sB,
-        x_pipe,
-        sw_base,
-        alpha_addr,
-        out_addr,
-        ws_addr,
-        m,
-        n,
-        k_chunks,
-        total,
-        grid_x,
-        g_begin,
-        nk,
-        alpha_stride,
-        tidx,
-        bid_x,
-        bid_m,
-    ):
+    def consume_sync(self, sB, x_pipe, sw_base, epi):
         """Decode consumer (bn 8/16): each warp multiplies its 16 rows of the dequantized tile with
         mma.sync m16n8k16, reading the activations' B fragments straight from the swizzled stage.
 
@@ -446,19 +401,19 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         of issue, fence and completion per 1024 weights; a CTA's few chunks arrive near the end
         of the kernel, so that cost lands on the critical path (dev probe: full kernel vs no
         wgmma, ~3 us on the 4096 x 4096 shape). mma.sync takes the same A fragment registers.
+        The 8 k16 steps of a chunk alternate between two accumulators (summed at each flush), so
+        consecutive mma.syncs do not wait for each other.
         """
-        wg = tidx // _WG
-        t = tidx % _WG
-        thr_mma = mma_acc.get_slice(t)  # only for the accumulator layout the epilogue reads
-        acc_shape = thr_mma.partition_shape_C((ROW_TILE, self.bn))
-        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.accumulators)]
+        g_begin, nk, k_chunks, t = epi.g_begin, epi.nk, epi.k_chunks, epi.t
+        # epi.thr_mma (a wgmma slice) only gives the accumulator layout: per warp, wgmma's C
+        # fragment is mma.sync's
+        acc_shape = epi.thr_mma.partition_shape_C((ROW_TILE, self.bn))
+        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(_SYNC_ACCUMULATORS)]
         for a in accs:
             a.fill(0.0)
-        acc = cute.make_rmem_tensor(acc_shape, Float32)
+        acc = cute.make_rmem_tensor(acc_shape, Float32)  # their sum, what flush() reads
         wbuf = cute.make_rmem_tensor((12,), Int32)
-        w_thr = sw_base + wg * _W_CHUNK_BYTES + t * 16
-        s_group = 8 * (t // 32) + (t % 32) // 4
-        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES + s_group * 16
+        w_thr, s_thr = self.thread_chunk_addrs(sw_base, epi)
         # B fragment of lane (g, c): x[token g (+8j), k 2c, 2c+1 (+8)] of a K-major, 128-byte
         # swizzled stage (TMA SWIZZLE_128B, 1024-byte aligned): token rows of 128 bytes (64 k),
         # 16-byte column chunk q stored at q ^ (row % 8); 8-row atoms 1 KB apart, the two 64-wide
@@ -467,10 +422,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         lane_c = t % 4
         b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
         stage_bytes = self.bn * K_CHUNK * 2
-        epi = EpilogueArgs(
-            alpha_addr, out_addr, ws_addr, m, n, k_chunks, total, grid_x,
-            g_begin, nk, alpha_stride, wg, t, bid_x, bid_m, thr_mma,
-        )
         g_last = g_begin + nk - 1
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         for i in cutlass.range(nk, unroll=1):
@@ -481,19 +432,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     a.fill(0.0)
             x_pipe.consumer_wait(read)
             if cutlass.const_expr(self.probe < 2):
-                stage = read.index * self.w_stage_bytes
-                for slot in cutlass.range_constexpr(2):
-                    v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
-                    for j in cutlass.range_constexpr(4):
-                        wbuf[4 * slot + j] = v[j]
-                v = ld_shared_v4(s_thr + stage)
-                for j in cutlass.range_constexpr(4):
-                    wbuf[8 + j] = v[j]
+                self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
                 b_stage = b_lane + read.index * stage_bytes
                 for s in cutlass.range_constexpr(STEPS):
                     r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
                     if cutlass.const_expr(self.probe == 0):
-                        a = accs[s % self.accumulators]
+                        a = accs[s % _SYNC_ACCUMULATORS]
                         for nb in cutlass.range_constexpr(self.bn // 8):
                             b = []
                             for h in cutlass.range_constexpr(2):
@@ -506,26 +450,29 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             x_pipe.consumer_release(read)  # every read of the stage has returned (values used)
             read.advance()
             if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
-                self.flush(self.summed(accs, acc), g, epi)
-        self.finish(self.summed(accs, acc), epi)
+                self.sum_into(acc, accs)
+                self.flush(acc, g, epi)
+        self.sum_into(acc, accs)
+        self.finish(acc, epi)
+
+    @cute.jit
+    def sum_into(self, out, accs):
+        for v in cutlass.range_constexpr(cute.size(out)):
+            total = accs[0][v]
+            for j in cutlass.range_constexpr(1, len(accs)):
+                total = total + accs[j][v]
+            out[v] = total
 
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
         """One 128-wide K chunk: its 48 bytes from shared memory, dequant, 8 RS wgmmas."""
-        mma_acc, accs, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
-        n_acc = self.accumulators
+        mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
         frag_u = cute.make_tensor(cute.recast_ptr(frag_a.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
         x_pipe.consumer_wait(read)
         stage = read.index * self.w_stage_bytes
         if cutlass.const_expr(self.probe >= 2):
             return
-        for slot in cutlass.range_constexpr(2):
-            v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
-            for j in cutlass.range_constexpr(4):
-                wbuf[4 * slot + j] = v[j]
-        v = ld_shared_v4(s_thr + stage)
-        for j in cutlass.range_constexpr(4):
-            wbuf[8 + j] = v[j]
+        self.read_chunk_words(wbuf, w_thr, s_thr, stage)
         if cutlass.const_expr(self.per_step == 1):
             for s in cutlass.range_constexpr(STEPS):
                 # A registers of step s are free once <= 7 wgmma groups are pending
@@ -534,9 +481,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 for j in cutlass.range_constexpr(4):
                     frag_u[4 * s + j] = r[j]
                 warpgroup.fence()
-                a = accs[s % n_acc]
-                mma = mma_first if s < n_acc else mma_acc
-                cute.gemm(mma, a, frag_a[None, None, s], tCrB[None, None, s, read.index], a)
+                mma = mma_first if s == 0 else mma_acc
+                cute.gemm(mma, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
                 warpgroup.commit_group()
             warpgroup.wait_group(STEPS - 1)  # chunk i-1 fully retired (its stage may go)
         else:
@@ -548,8 +494,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 return
             warpgroup.fence()
             for s in cutlass.range_constexpr(STEPS):
-                a = accs[s % n_acc]
-                mma = mma_first if s < n_acc else mma_acc
-                cute.gemm(mma, a, frag_a[None, None, s], tCrB[None, None, s, read.index], a)
+                mma = mma_first if s == 0 else mma_acc
+                cute.gemm(mma, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
             warpgroup.commit_group()
             warpgroup.wait_group(keep_in_flight)
