@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from nvfp4_kit import reference  # noqa: E402
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
-from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig  # noqa: E402
+from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig, fits  # noqa: E402
 from nvfp4_kit.provenance import git_commit  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, event_time_us, graph_time_us  # noqa: E402
 
@@ -93,15 +93,18 @@ def check(args) -> bool:
         (1, 6144, 4096),
         (64, 1024, 14336),
         (300, 640, 512),
+        (300, 1000, 512),
     ]
     for m, n, k in cases:
         q, w, s = make_weight(n, k)
         x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         for alpha in (torch.tensor([0.37], device="cuda"), torch.rand(n, device="cuda") + 0.5):
             ref = ref_f32(x, q, alpha)
-            for bn, wgs, stages, per_step in COMPILED_SHAPES:
+            for bn, wgs, stages, per_step, mt in COMPILED_SHAPES:
                 for ctas in (1, 3):
-                    cfg = GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step)
+                    cfg = GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, mt=mt)
+                    if not fits(cfg, n):
+                        continue
                     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
                     G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
                     r = compare(out, ref)
@@ -305,15 +308,14 @@ def bench(args) -> None:
 
 
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
-    """--configs "M:bn,wgs,stages,per_step,ctas[,pdl];...": configs to time at each M ('*' = any)."""
+    """--configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt]];...": configs to time at each M ('*' = any)."""
     out = []
     for item in spec.split(";"):
         ms, _, fields = item.partition(":")
         if ms in ("*", str(m)):
-            bn, wgs, stages, per_step, ctas, *pdl = (int(v) for v in fields.split(","))
-            out.append(
-                GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl[0] if pdl else 1)
-            )
+            bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in fields.split(","))
+            pdl, mt = (opt + [1, 1][len(opt):])[:2]
+            out.append(GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl, mt=mt))
     return out or [G.heuristic_config(m, 1, 1)]
 
 

@@ -2,7 +2,8 @@
 
 Times the real kernel against crippled copies on the same shape (results are garbage there):
 probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies),
-3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only.
+3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only,
+5 = the full kernel without the fix-up and stores (what the epilogue costs at prefill).
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
     python benchmarks/dev_gemm_probe.py --shape 28672x4096 --m 1
@@ -25,6 +26,8 @@ from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
 from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us  # noqa: E402
 
+PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores"]
+
 
 @functools.cache
 def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
@@ -32,7 +35,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
-    kern = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma)
+    kern = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma, cfg.mt)
     return cute.compile(kern, *G._compile_args())
 
 
@@ -40,7 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="28672x4096")
     p.add_argument("--m", type=int, default=1)
-    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl];..."')
+    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt]];..."')
     p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data only, 3, 4")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
@@ -50,8 +53,9 @@ def main() -> None:
         if a.baselines:
             baselines(n, k)
         for spec in a.cfg.split(";"):
-            bn, wgs, st, ps, c, *pdl = (int(v) for v in spec.split(","))
-            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl[0] if pdl else 1)
+            bn, wgs, st, ps, c, *opt = (int(v) for v in spec.split(","))
+            pdl, mt = (opt + [1, 1][len(opt):])[:2]
+            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl, mt=mt)
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync)
@@ -117,7 +121,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None) -
 
         us = graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=7)
         print(
-            f"probe {probe} ({['full', 'no wgmma', 'data only', 'no fix-up', 'launch'][probe]:9s}) "
+            f"probe {probe} ({PROBE_NAMES[probe]:9s}) "
             f"{cfg.name} mma={ {None: 'auto', True: 'sync', False: 'wgmma'}[sync]} "
             f"N={n} K={k} "
             f"M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",

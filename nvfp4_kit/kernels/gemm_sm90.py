@@ -74,7 +74,7 @@ def check_shape(n: int, k: int) -> None:
 def _kernel_for(cfg: GemmConfig):
     from .gemm_sm90_kernel import Sm90W4A16Kernel
 
-    return Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl))
+    return Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt)
 
 
 def _compile_args():
@@ -94,7 +94,7 @@ _fns: dict[tuple[int, ...], object] = {}  # hot-path memo in front of compile_ca
 
 
 def _compiled(cfg: GemmConfig):
-    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl)
+    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt)
     fn = _fns.get(shape)
     if fn is None:
         key = dict(cfg.compile_key, arch="sm_90a")
@@ -119,10 +119,10 @@ def precompile(arch: str, configs=None) -> list[str]:
             "CUTE_DSL_ARCH=sm_90a before importing cutlass"
         )
     if configs is None:
-        configs = [GemmConfig(bn, wgs, st, per_step=ps) for bn, wgs, st, ps in COMPILED_SHAPES]
+        configs = [GemmConfig(bn, wgs, st, per_step=ps, mt=mt) for bn, wgs, st, ps, mt in COMPILED_SHAPES]
     seen: dict[str, GemmConfig] = {}
     for cfg in configs:
-        base = GemmConfig(cfg.bn, cfg.wgs, cfg.stages, 1, cfg.per_step, cfg.pdl)
+        base = GemmConfig(cfg.bn, cfg.wgs, cfg.stages, 1, cfg.per_step, cfg.pdl, cfg.mt)
         seen.setdefault(base.name.rsplit("_c", 1)[0], base)
     for cfg in seen.values():
         _compiled(cfg)

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..formats import round_up
-from .gemm_sm90_layout import K_CHUNK, ROW_TILE
+from .gemm_sm90_layout import K_CHUNK, ROW_PAD, ROW_TILE
 
 __all__ = [
     "NUM_SMS_H100",
@@ -24,6 +24,7 @@ __all__ = [
     "candidate_configs",
     "heuristic_config",
     "stream_k_grid",
+    "fits",
     "SLOT_EMPTY_BITS",
 ]
 
@@ -36,9 +37,10 @@ _BNS = (8, 16, 32, 64, 128)
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """bn: tokens per CTA (wgmma N); wgs: consumer warpgroups (64 weight rows each);
-    stages: shared-memory pipeline depth (each stage: one 128-wide K chunk of weights + x);
-    ctas_per_sm: stream-K width (run time; pieces of a row tile are fixed up deterministically)."""
+    """bn: tokens per CTA (wgmma N); wgs: consumer warpgroups; mt: 64-row weight tiles per
+    consumer warpgroup (bm = 64 * wgs * mt); stages: shared-memory pipeline depth (each stage: one
+    128-wide K chunk of weights + x); ctas_per_sm: stream-K width (run time; pieces of a row tile
+    are fixed up deterministically)."""
 
     bn: int = 16
     wgs: int = 1
@@ -46,6 +48,10 @@ class GemmConfig:
     ctas_per_sm: int = 2
     per_step: int = 2  # 1: fence+wgmma per k16 step; 0: one fence per chunk; 2: 0 + 2 A buffers
     pdl: int = 1  # programmatic dependent launch: weights stream in while the previous kernel ends
+    # mt 2 (prefill): each warpgroup multiplies 128 weight rows by the same activation tile, which
+    # halves the activation bytes each CTA pulls from L2 per FLOP (the prefill limit with mt 1);
+    # its ~210 live registers per thread need setmaxnreg and the single-fragment schedule.
+    mt: int = 1
 
     def __post_init__(self) -> None:
         if self.bn not in _BNS:
@@ -62,20 +68,25 @@ class GemmConfig:
             raise ValueError(f"per_step={self.per_step}: expected 0, 1 or 2")
         if not 1 <= self.ctas_per_sm <= 8:
             raise ValueError(f"ctas_per_sm={self.ctas_per_sm}: expected 1..8")
+        if self.mt not in (1, 2):
+            raise ValueError(f"mt={self.mt}: expected 1 or 2")
+        if self.mt == 2 and (self.per_step != 0 or self.bn < 16):
+            raise ValueError(f"{self.name}: mt=2 needs per_step=0 and bn >= 16 (register budget, wgmma)")
 
     @property
     def bm(self) -> int:
-        return ROW_TILE * self.wgs
+        return ROW_TILE * self.wgs * self.mt
 
     @property
     def smem_bytes(self) -> int:
         """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup)."""
-        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * (4096 + 512)) + 1024
+        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * self.mt * (4096 + 512)) + 1024
 
     @property
     def name(self) -> str:
         return (
-            f"bn{self.bn}_wg{self.wgs}_st{self.stages}_p{self.per_step}{'_pdl' if self.pdl else ''}"
+            f"bn{self.bn}_wg{self.wgs}{'_mt2' if self.mt == 2 else ''}_st{self.stages}_p{self.per_step}"
+            f"{'_pdl' if self.pdl else ''}"
             f"_c{self.ctas_per_sm}"
         )
 
@@ -88,6 +99,7 @@ class GemmConfig:
             "stages": self.stages,
             "per_step": self.per_step,
             "pdl": self.pdl,
+            "mt": self.mt,
         }
 
     def to_dict(self) -> dict[str, int | str]:
@@ -106,51 +118,64 @@ class GemmConfig:
         return cfg
 
 
-# The compiled kernel shapes (bn, wgs, stages, per_step): what precompile() builds by default.
+# The compiled kernel shapes (bn, wgs, stages, per_step, mt): what precompile() builds by default.
 # Stages keep a decode CTA under ~72 KB of shared memory (3 CTAs per SM, >= 100 KB of weights in
 # flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
 # bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
-COMPILED_SHAPES: tuple[tuple[int, int, int, int], ...] = (
-    (8, 1, 8, 2),
-    (16, 1, 7, 2),
-    (32, 1, 5, 0),
-    (32, 1, 5, 2),
-    (64, 1, 4, 2),
-    (128, 2, 4, 2),
+# The 256x128 prefill tile (mt 2) uses 4 stages of 50 KB.
+COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
+    (8, 1, 8, 2, 1),
+    (16, 1, 7, 2, 1),
+    (32, 1, 5, 0, 1),
+    (32, 1, 5, 2, 1),
+    (64, 1, 4, 2, 1),
+    (128, 2, 4, 2, 1),
+    (128, 2, 4, 0, 2),
 )
+
+
+def fits(cfg: GemmConfig, n: int) -> bool:
+    """Whether cfg's row tile divides N padded to ROW_PAD (the prepared weight's row count)."""
+    return round_up(n, ROW_PAD) % cfg.bm == 0
 
 
 def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H100) -> tuple[int, int, int]:
     """(G CTAs per token tile, T = n_tiles * Kc chunks per token tile, n_tiles): CTA c streams
     chunks [c*T//G, (c+1)*T//G); G <= T so none is empty, and m_tiles * G <= max(SMs*c, m_tiles)."""
-    n_tiles = round_up(n, 2 * ROW_TILE) // cfg.bm
+    if not fits(cfg, n):
+        raise ValueError(
+            f"config {cfg.name}: N={n} (padded to {round_up(n, ROW_PAD)}) is not a multiple of its "
+            f"{cfg.bm}-row tile"
+        )
+    n_tiles = round_up(n, ROW_PAD) // cfg.bm
     total = n_tiles * (round_up(k, K_CHUNK) // K_CHUNK)
     m_tiles = -(-m // cfg.bn)
     g = min(total, max(1, sms * cfg.ctas_per_sm // m_tiles))  # grid <= one wave
     return g, total, n_tiles
 
 
-def _cfg(bn: int, per_step: int, ctas: int) -> GemmConfig:
-    shape = next(s for s in COMPILED_SHAPES if s[0] == bn and s[3] == per_step)
-    return GemmConfig(shape[0], shape[1], shape[2], ctas_per_sm=ctas, per_step=per_step)
+def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1) -> GemmConfig:
+    shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4]) == (bn, per_step, mt))
+    return GemmConfig(shape[0], shape[1], shape[2], ctas_per_sm=ctas, per_step=per_step, mt=mt)
 
 
-# Per M bucket: the configs the tuner times (first = untuned default). Decode buckets vary the
-# stream-K width; prefill buckets the token tile.
-_CANDIDATES: dict[int, tuple[tuple[int, int, int], ...]] = {
+# Per M bucket: the configs the tuner times (first = untuned default), as (bn, per_step,
+# ctas_per_sm[, mt]). Decode buckets vary the stream-K width; prefill buckets the token tile.
+_CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     8: ((8, 2, 2), (8, 2, 3), (8, 2, 4), (16, 2, 3)),
     16: ((16, 2, 3), (16, 2, 2), (8, 2, 2)),
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
-    128: ((128, 2, 1), (64, 2, 2), (32, 0, 3)),
-    8192: ((128, 2, 1), (64, 2, 2)),
+    128: ((128, 2, 1), (128, 0, 1, 2), (64, 2, 2), (32, 0, 3)),
+    8192: ((128, 0, 1, 2), (128, 2, 1), (64, 2, 2)),
 }
 
 
 def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
-    """Configs worth timing for this shape (the tuner times these; the first is the heuristic's)."""
+    """Configs worth timing for this shape (the tuner times these; the first is the heuristic's);
+    configs whose row tile does not divide N are left out."""
     bucket = next(b for b in sorted(_CANDIDATES) if m <= b or b == 8192)
-    return [_cfg(*c) for c in _CANDIDATES[bucket]]
+    return [cfg for cfg in (_cfg(*c) for c in _CANDIDATES[bucket]) if fits(cfg, n)]
 
 
 def heuristic_config(m: int, n: int, k: int) -> GemmConfig:

@@ -62,7 +62,7 @@ class EpilogueArgs(NamedTuple):
     g_begin: Any  # first chunk of this CTA's run
     nk: Any  # chunks in the run
     alpha_stride: Any
-    wg: Any  # consumer warpgroup
+    wg: Any  # the 64-row block's row tile within the CTA (the consumer warpgroup when mt == 1)
     t: Any  # thread in the warpgroup
     bid_x: Any
     bid_m: Any
@@ -70,13 +70,14 @@ class EpilogueArgs(NamedTuple):
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.wgs, self.probe (set by the kernel class)."""
+    """Needs self.bn, self.bm, self.row_tiles, self.skip_epilogue (set by the kernel class). Each call
+    handles one 64-row block's accumulator; epi.wg is that block's row tile within the CTA."""
 
     @cute.jit
     def _slot(self, c, epi):
         """This thread's first fp32 of CTA c's workspace slot (its words are _WG * 4 bytes apart)."""
         e = epi
-        nv = self.bm * self.bn // (_WG * self.wgs)
+        nv = self.bm * self.bn // (_WG * self.row_tiles)
         slot = (Int64(e.bid_m) * Int64(e.grid_x) + Int64(c)) * (self.bm * self.bn * 4)
         return Int64(e.ws_addr) + slot + Int64(e.wg) * (nv * _WG * 4) + Int64(e.t) * 4
 
@@ -84,7 +85,7 @@ class StreamKEpilogue:
     def flush(self, acc, g, epi):
         """A piece ends at chunk g (its lowest): store a whole tile, park a piece whose tile goes
         on past this run; the closing piece (the run's last) stays in acc for finish()."""
-        if cutlass.const_expr(self.probe >= 3):  # dev probe: no fix-up, no stores
+        if cutlass.const_expr(self.skip_epilogue):  # dev probe: no fix-up, no stores
             return
         e = epi
         tile = g // e.k_chunks
@@ -100,7 +101,7 @@ class StreamKEpilogue:
     @cute.jit
     def finish(self, acc, epi):
         """After the run: if it began inside a row tile that ends within it, close that tile."""
-        if cutlass.const_expr(self.probe >= 3):
+        if cutlass.const_expr(self.skip_epilogue):
             return
         e = epi
         tile = e.g_begin // e.k_chunks
@@ -167,7 +168,7 @@ class StreamKEpilogue:
         alpha_addr, out_addr, alpha_stride, m, n, wg, bid_m = (
             e.alpha_addr, e.out_addr, e.alpha_stride, e.m, e.n, e.wg, e.bid_m)
         r, c = coord
-        row = (tile * self.wgs + wg) * ROW_TILE + r
+        row = (tile * self.row_tiles + wg) * ROW_TILE + r
         tok = bid_m * self.bn + c
         if row < n:
             if tok < m:

@@ -49,6 +49,9 @@ _WG = 128  # threads per warpgroup
 _W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
 _S_CHUNK_BYTES = SCALE_GROUPS * 16  # scale codes of one 64-row tile x one K chunk (512 B)
 _SYNC_ACCUMULATORS = 2  # mma.sync path: independent accumulators the k16 steps alternate over
+# setmaxnreg split of the 64K registers of an SM (one CTA of 3 warpgroups): 128 x 40 + 256 x 232
+_PRODUCER_REGS = 40
+_CONSUMER_REGS = 232
 
 
 class Sm90W4A16Kernel(StreamKEpilogue):
@@ -56,9 +59,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
-        sync_mma: bool | None = None,
+        sync_mma: bool | None = None, mt: int = 1,
     ):
-        self.bn, self.wgs, self.stages = bn, wgs, stages
+        self.bn, self.wgs, self.stages, self.mt = bn, wgs, stages, mt
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
         # measured 2-7% slower than wgmma on H100, benchmarks/notes_gemm.md)
         self.sync_mma = (bn == 8) if sync_mma is None else sync_mma
@@ -67,17 +70,27 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self.pdl = pdl
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
-        # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit
+        # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
+        # 5 = the full kernel without the fix-up and stores
         self.probe = probe
+        self.skip_math = probe in (2, 3, 4)
+        self.skip_epilogue = probe in (3, 4, 5)
         # per_step 1: fence + wgmma per k16 step, 7 in flight under each dequant;
         # 0: dequant the whole chunk, one fence, 8 chained wgmmas, wait for them;
         # 2: as 0 but two A fragments: the next chunk's dequant runs under this chunk's wgmmas.
         self.per_step = per_step
-        self.w_stage_bytes = wgs * (_W_CHUNK_BYTES + _S_CHUNK_BYTES)
-        self.bm = ROW_TILE * wgs
+        if mt > 1 and (per_step != 0 or self.sync_mma):
+            raise ValueError(f"mt={mt}: needs per_step 0 and the wgmma path (register budget)")
+        self.row_tiles = wgs * mt  # 64-row weight tiles per CTA; warpgroup w owns w*mt .. w*mt+mt-1
+        self.w_stage_bytes = self.row_tiles * (_W_CHUNK_BYTES + _S_CHUNK_BYTES)
+        self.bm = ROW_TILE * self.row_tiles
         self.bk = K_CHUNK
         self.producer_warp = 4 * wgs
-        self.num_threads = _WG * wgs + 32
+        # mt 2 holds 2 accumulators + 2 A fragments (~210 registers per consumer thread, above the
+        # 168 that 384 threads get by default): a whole producer warpgroup gives its registers to
+        # the consumers with setmaxnreg (which acts per warpgroup).
+        self.realloc_registers = mt > 1
+        self.num_threads = _WG * wgs + (_WG if self.realloc_registers else 32)
 
     def _mma(self):
         return sm90_utils.make_trivial_tiled_mma(
@@ -145,7 +158,14 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             total,
             grid_x,
             alpha_stride,
-        ).launch(grid=[grid_x, grid_y, 1], block=[self.num_threads, 1, 1], stream=stream, use_pdl=self.pdl)
+        ).launch(
+            grid=[grid_x, grid_y, 1],
+            block=[self.num_threads, 1, 1],
+            stream=stream,
+            use_pdl=self.pdl,
+            # setmaxnreg only acts on a kernel with a register cap at entry (minctasm 1)
+            min_blocks_per_mp=1 if self.realloc_registers else 0,
+        )
 
     # ---------------------------------------------------------------- device side
     @cute.kernel
@@ -201,58 +221,19 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1), is_relaxed=True)
         pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1))
 
-        if warp_idx == self.producer_warp:
-            # ================= producer warp: activation tiles by TMA =================
-            gX = cute.local_tile(tma_x, (self.bn, self.bk), (bid_m, None))  # (bn, bk, Kc)
-            tXs, tXg = cpasync.tma_partition(
-                tma_atom,
-                0,
-                cute.make_layout(1),
-                cute.group_modes(sB, 0, 2),
-                cute.group_modes(gX, 0, 2),
+        if warp_idx >= self.producer_warp:
+            producer_args = (
+                tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m
             )
-            prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
-            start = Int32(0)
-            if cutlass.const_expr(self.pdl):
-                # PDL: the weights do not depend on the kernel before us, so the first `stages`
-                # chunks of them stream in before griddepcontrol.wait; x (and every later write:
-                # workspace, out) waits for the previous grid.
-                cute.arch.griddepcontrol_launch_dependents()
-                start = cutlass.min(self.stages, nk)
-                for i in cutlass.range(start, unroll=1):
-                    x_pipe.producer_acquire(prod)
-                    self.load_weights(
-                        x_pipe.producer_get_barrier(prod),
-                        prod.index,
-                        g_last - i,
-                        sw_base,
-                        w_addr,
-                        s_addr,
-                        k_chunks,
-                    )
-                    prod.advance()
-                cute.arch.griddepcontrol_wait()
-                first = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
-                for i in cutlass.range(start, unroll=1):
-                    g = g_last - i
-                    kc = g - (g // k_chunks) * k_chunks
-                    cute.copy(
-                        tma_atom,
-                        tXg[(None, kc)],
-                        tXs[(None, first.index)],
-                        tma_bar_ptr=x_pipe.producer_get_barrier(first),
-                    )
-                    first.advance()
-            for i in cutlass.range(start, nk, unroll=1):
-                g = g_last - i
-                kc = g - (g // k_chunks) * k_chunks
-                x_pipe.producer_acquire(prod)
-                bar = x_pipe.producer_get_barrier(prod)
-                cute.copy(tma_atom, tXg[(None, kc)], tXs[(None, prod.index)], tma_bar_ptr=bar)
-                self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks)
-                x_pipe.producer_commit(prod)
-                prod.advance()
+            if cutlass.const_expr(self.realloc_registers):
+                cute.arch.setmaxregister_decrease(_PRODUCER_REGS)
+                if warp_idx == self.producer_warp:  # the other 3 warps of the warpgroup just exit
+                    self.produce(*producer_args)
+            else:
+                self.produce(*producer_args)
         else:
+            if cutlass.const_expr(self.realloc_registers):
+                cute.arch.setmaxregister_increase(_CONSUMER_REGS)
             # ================= consumer warpgroups: dequant + MMA =================
             wg = tidx // _WG
             t = tidx % _WG
@@ -280,23 +261,77 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 self.consume(mma_first, mma_acc, sB, x_pipe, sw_base, epi)
 
     @cute.jit
+    def produce(self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m):
+        """Producer warp: per chunk of the run (high to low), the activation tile by TMA and the
+        weight chunks of every row tile by bulk copy, into one pipeline stage."""
+        gX = cute.local_tile(tma_x, (self.bn, self.bk), (bid_m, None))  # (bn, bk, Kc)
+        tXs, tXg = cpasync.tma_partition(
+            tma_atom,
+            0,
+            cute.make_layout(1),
+            cute.group_modes(sB, 0, 2),
+            cute.group_modes(gX, 0, 2),
+        )
+        prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+        start = Int32(0)
+        if cutlass.const_expr(self.pdl):
+            # PDL: the weights do not depend on the kernel before us, so the first `stages`
+            # chunks of them stream in before griddepcontrol.wait; x (and every later write:
+            # workspace, out) waits for the previous grid.
+            cute.arch.griddepcontrol_launch_dependents()
+            start = cutlass.min(self.stages, nk)
+            for i in cutlass.range(start, unroll=1):
+                x_pipe.producer_acquire(prod)
+                self.load_weights(
+                    x_pipe.producer_get_barrier(prod),
+                    prod.index,
+                    g_last - i,
+                    sw_base,
+                    w_addr,
+                    s_addr,
+                    k_chunks,
+                )
+                prod.advance()
+            cute.arch.griddepcontrol_wait()
+            first = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+            for i in cutlass.range(start, unroll=1):
+                g = g_last - i
+                kc = g - (g // k_chunks) * k_chunks
+                cute.copy(
+                    tma_atom,
+                    tXg[(None, kc)],
+                    tXs[(None, first.index)],
+                    tma_bar_ptr=x_pipe.producer_get_barrier(first),
+                )
+                first.advance()
+        for i in cutlass.range(start, nk, unroll=1):
+            g = g_last - i
+            kc = g - (g // k_chunks) * k_chunks
+            x_pipe.producer_acquire(prod)
+            bar = x_pipe.producer_get_barrier(prod)
+            cute.copy(tma_atom, tXg[(None, kc)], tXs[(None, prod.index)], tma_bar_ptr=bar)
+            self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks)
+            x_pipe.producer_commit(prod)
+            prod.advance()
+
+    @cute.jit
     def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks):
-        """Bulk-copy chunk g's packed weights (4 KB) and scale codes (512 B) of every warpgroup's
-        64-row tile into pipeline stage `stage` (contiguous in gemm_sm90_layout's order)."""
+        """Bulk-copy chunk g's packed weights (4 KB) and scale codes (512 B) of each of the CTA's
+        64-row tiles into pipeline stage `stage` (contiguous in gemm_sm90_layout's order)."""
         tile = g // k_chunks
         kc = g - tile * k_chunks
         dst = sw_base + stage * self.w_stage_bytes
         with cute.arch.elect_one():
-            for wg in cutlass.range_constexpr(self.wgs):
-                lin = Int64(tile * self.wgs + wg) * Int64(k_chunks) + Int64(kc)
+            for j in cutlass.range_constexpr(self.row_tiles):
+                lin = Int64(tile * self.row_tiles + j) * Int64(k_chunks) + Int64(kc)
                 bulk_g2s(
-                    dst + wg * _W_CHUNK_BYTES,
+                    dst + j * _W_CHUNK_BYTES,
                     Int64(w_addr) + lin * _W_CHUNK_BYTES,
                     _W_CHUNK_BYTES,
                     bar.toint(),
                 )
                 bulk_g2s(
-                    dst + self.wgs * _W_CHUNK_BYTES + wg * _S_CHUNK_BYTES,
+                    dst + self.row_tiles * _W_CHUNK_BYTES + j * _S_CHUNK_BYTES,
                     Int64(s_addr) + lin * _S_CHUNK_BYTES,
                     _S_CHUNK_BYTES,
                     bar.toint(),
@@ -304,12 +339,20 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def thread_chunk_addrs(self, sw_base, epi):
-        """Shared addresses of this thread's 2 x 16 weight bytes and 16 scale-code bytes in stage 0."""
+        """Shared addresses of this thread's 2 x 16 weight bytes and 16 scale-code bytes in stage 0
+        of row tile epi.wg (a block epi: block_epis)."""
         w_thr = sw_base + epi.wg * _W_CHUNK_BYTES + epi.t * 16
         # the 4 threads sharing rows g, g+8 read the same 16 bytes (layout: scale group 8w + l//4)
         s_group = 8 * (epi.t // 32) + (epi.t % 32) // 4
-        s_thr = sw_base + self.wgs * _W_CHUNK_BYTES + epi.wg * _S_CHUNK_BYTES + s_group * 16
+        s_thr = sw_base + self.row_tiles * _W_CHUNK_BYTES + epi.wg * _S_CHUNK_BYTES + s_group * 16
         return w_thr, s_thr
+
+    def block_epis(self, epi):
+        """One EpilogueArgs per 64-row block of this warpgroup, its `wg` the block's row tile in
+        the CTA (what the epilogue and thread_chunk_addrs index by)."""
+        if self.mt == 1:
+            return [epi]
+        return [epi._replace(wg=epi.wg * self.mt + b) for b in range(self.mt)]
 
     @cute.jit
     def read_chunk_words(self, wbuf, w_thr, s_thr, stage):
@@ -324,22 +367,28 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def consume(self, mma_first, mma_acc, sB, x_pipe, sw_base, epi):
-        """Consumer warpgroups (bn >= 16): dequantized weights as the register A operand of wgmma."""
+        """Consumer warpgroups (bn >= 16): dequantized weights as the register A operand of wgmma.
+        With mt 2 each warpgroup runs two 64-row blocks, each with its own accumulator and A
+        fragment, through the same activation tile (the B operand)."""
         g_begin, nk, k_chunks = epi.g_begin, epi.nk, epi.k_chunks
         tCrB = mma_acc.make_fragment_B(epi.thr_mma.partition_B(sB))  # (MMA, MMA_N, 8 steps, STAGES)
-        acc = cute.make_rmem_tensor(epi.thr_mma.partition_shape_C((ROW_TILE, self.bn)), Float32)
-        acc.fill(0.0)
+        acc_shape = epi.thr_mma.partition_shape_C((ROW_TILE, self.bn))
+        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.mt)]
+        for acc in accs:
+            acc.fill(0.0)
         mma_acc.set(warpgroup.Field.ACCUMULATE, True)
-        # A fragments (bf16, (8 values, 1, 8 k16 steps)); two when chunks are software-pipelined.
+        # A fragments per block (bf16, (8 values, 1, 8 k16 steps)); two sets when chunks are
+        # software-pipelined.
         frags = [
-            cute.make_rmem_tensor(((2, 2, 2), 1, STEPS), BFloat16)
+            [cute.make_rmem_tensor(((2, 2, 2), 1, STEPS), BFloat16) for _ in range(self.mt)]
             for _ in range(2 if self.per_step == 2 else 1)
         ]
-        wbuf = cute.make_rmem_tensor((12,), Int32)  # this chunk's 8 nibble words + 4 code words
-        w_thr, s_thr = self.thread_chunk_addrs(sw_base, epi)
+        wbuf = cute.make_rmem_tensor((12,), Int32)  # a chunk's 8 nibble words + 4 code words
+        epis = self.block_epis(epi)
+        addrs = [self.thread_chunk_addrs(sw_base, e) for e in epis]
         # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
         # in a tuple before the loop would keep the stale pre-loop value)
-        ctx = (mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr)
+        ctx = (mma_acc, accs, tCrB, wbuf, x_pipe, addrs)
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -364,7 +413,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     read.advance()
                     if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
-                        self.flush(acc, g, epi)
+                        self.flush_blocks(accs, g, epis)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -375,7 +424,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     x_pipe.consumer_release(release)
                     release.advance()
                 read.advance()
-                self.flush(acc, g, epi)
+                self.flush_blocks(accs, g, epis)
         else:
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
@@ -388,9 +437,15 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 read.advance()
                 if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
-                    self.flush(acc, g, epi)
+                    self.flush_blocks(accs, g, epis)
         warpgroup.wait_group(0)
-        self.finish(acc, epi)
+        for acc, e in zip(accs, epis, strict=True):
+            self.finish(acc, e)
+
+    @cute.jit
+    def flush_blocks(self, accs, g, epis):
+        for acc, e in zip(accs, epis, strict=True):
+            self.flush(acc, g, e)
 
     @cute.jit
     def consume_sync(self, sB, x_pipe, sw_base, epi):
@@ -431,12 +486,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 for a in accs:
                     a.fill(0.0)
             x_pipe.consumer_wait(read)
-            if cutlass.const_expr(self.probe < 2):
+            if cutlass.const_expr(not self.skip_math):
                 self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
                 b_stage = b_lane + read.index * stage_bytes
                 for s in cutlass.range_constexpr(STEPS):
                     r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
-                    if cutlass.const_expr(self.probe == 0):
+                    if cutlass.const_expr(self.probe != 1):
                         a = accs[s % _SYNC_ACCUMULATORS]
                         for nb in cutlass.range_constexpr(self.bn // 8):
                             b = []
@@ -465,36 +520,46 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
-        """One 128-wide K chunk: its 48 bytes from shared memory, dequant, 8 RS wgmmas."""
-        mma_acc, acc, tCrB, wbuf, x_pipe, w_thr, s_thr = ctx
-        frag_u = cute.make_tensor(cute.recast_ptr(frag_a.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
+        """One 128-wide K chunk: each block's 48 bytes from shared memory, dequant, 8 RS wgmmas
+        per block (frag_a: one A fragment per block)."""
+        mma_acc, accs, tCrB, wbuf, x_pipe, addrs = ctx
+        frag_u = [
+            cute.make_tensor(cute.recast_ptr(f.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
+            for f in frag_a
+        ]
         x_pipe.consumer_wait(read)
         stage = read.index * self.w_stage_bytes
-        if cutlass.const_expr(self.probe >= 2):
+        if cutlass.const_expr(self.skip_math):
             return
-        self.read_chunk_words(wbuf, w_thr, s_thr, stage)
-        if cutlass.const_expr(self.per_step == 1):
+        if cutlass.const_expr(self.per_step == 1):  # mt 1 only (checked in __init__)
+            w_thr, s_thr = addrs[0]
+            self.read_chunk_words(wbuf, w_thr, s_thr, stage)
             for s in cutlass.range_constexpr(STEPS):
                 # A registers of step s are free once <= 7 wgmma groups are pending
                 warpgroup.wait_group(STEPS - 1)
                 r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
                 for j in cutlass.range_constexpr(4):
-                    frag_u[4 * s + j] = r[j]
+                    frag_u[0][4 * s + j] = r[j]
                 warpgroup.fence()
                 mma = mma_first if s == 0 else mma_acc
-                cute.gemm(mma, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+                cute.gemm(mma, accs[0], frag_a[0][None, None, s], tCrB[None, None, s, read.index], accs[0])
                 warpgroup.commit_group()
             warpgroup.wait_group(STEPS - 1)  # chunk i-1 fully retired (its stage may go)
         else:
-            for s in cutlass.range_constexpr(STEPS):
-                r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
-                for j in cutlass.range_constexpr(4):
-                    frag_u[4 * s + j] = r[j]
+            for b in cutlass.range_constexpr(self.mt):
+                w_thr, s_thr = addrs[b]
+                self.read_chunk_words(wbuf, w_thr, s_thr, stage)
+                for s in cutlass.range_constexpr(STEPS):
+                    r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                    for j in cutlass.range_constexpr(4):
+                        frag_u[b][4 * s + j] = r[j]
             if cutlass.const_expr(self.probe == 1):
                 return
             warpgroup.fence()
             for s in cutlass.range_constexpr(STEPS):
                 mma = mma_first if s == 0 else mma_acc
-                cute.gemm(mma, acc, frag_a[None, None, s], tCrB[None, None, s, read.index], acc)
+                b_step = tCrB[None, None, s, read.index]
+                for b in cutlass.range_constexpr(self.mt):
+                    cute.gemm(mma, accs[b], frag_a[b][None, None, s], b_step, accs[b])
             warpgroup.commit_group()
             warpgroup.wait_group(keep_in_flight)

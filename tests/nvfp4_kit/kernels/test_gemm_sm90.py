@@ -21,13 +21,29 @@ def test_config_dict_round_trip_and_validation():
             GemmConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
         GemmConfig.from_dict({"bn": 16, "split": 2})
+    big = GemmConfig(128, 2, 4, 1, per_step=0, mt=2)
+    assert big.bm == 256 and big.name == "bn128_wg2_mt2_st4_p0_pdl_c1"
+    assert GemmConfig.from_dict(big.to_dict()) == big
+    for bad in ({"mt": 3}, {"mt": 2, "per_step": 2}, {"mt": 2, "bn": 8, "per_step": 0}):
+        with pytest.raises(ValueError, match="mt"):
+            GemmConfig(**bad)
+
+
+def test_row_tile_must_divide_padded_n():
+    big = GemmConfig(128, 2, 4, 1, per_step=0, mt=2)
+    assert stream_k_grid(1024, 4096, 4096, big)[2] == 16
+    assert stream_k_grid(1024, 200, 4096, big)[2] == 1  # N padded to 256
+    with pytest.raises(ValueError, match="N=320"):
+        stream_k_grid(1024, 320, 4096, big)
+    assert all(c.mt == 1 for c in G.candidate_configs(1024, 320, 4096))
+    assert any(c.mt == 2 for c in G.candidate_configs(1024, 4096, 4096))
 
 
 @pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 1000, 8192])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
 def test_stream_k_grid_covers_work_once(m, n, k):
     for cfg in G.candidate_configs(m, n, k):
-        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step) in COMPILED_SHAPES
+        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.mt) in COMPILED_SHAPES
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
         assert total == n_tiles * (-(-k // 128)) and 1 <= grid <= total  # no empty CTA
         starts = [c * total // grid for c in range(grid + 1)]
@@ -213,6 +229,8 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
     cases = [(_case(3, 4096, 4096), GemmConfig(8, 1, 8, c)) for c in (3, 2, 4)]
     cases += [(_case(20, 28672, 4096, seed=1), GemmConfig(16, 1, 7, 3))]
     cases += [(_case(9, 384, 14336, seed=2), GemmConfig(8, 1, 8, 8))]  # many pieces per tile
+    # 256-row tiles, two 64-row blocks per warpgroup, each parked and closed on its own
+    cases += [(_case(300, 4096, 4096, seed=3), GemmConfig(128, 2, 4, 2, per_step=0, mt=2))]
     first = []
     for rnd in range(2):
         for i, ((q, w, s, x), cfg) in enumerate(cases):
