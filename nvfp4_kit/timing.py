@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["graph_time_us", "event_time_us", "copies_to_exceed_l2"]
+__all__ = ["graph_time_us", "interleaved_graph_times_us", "event_time_us", "copies_to_exceed_l2"]
 
 
 def copies_to_exceed_l2(bytes_per_copy: int, l2_bytes: int | None = None) -> int:
@@ -30,6 +30,29 @@ def graph_time_us(calls: Sequence[Callable[[], object]], launches: int = 200, re
     `calls` are closures over pre-allocated tensors (different weight copies); each must be
     capturable (no allocation that depends on data, no host sync).
     """
+    return interleaved_graph_times_us([calls], [launches], reps, warmup)[0]
+
+
+def interleaved_graph_times_us(call_sets: Sequence[Sequence[Callable[[], object]]], launches: Sequence[int],
+                               reps: int = 15, warmup: int = 3) -> list[float]:
+    """graph_time_us of several call sets (e.g. two kernels and their peer), each captured in its own
+    graph, with the graphs replayed in turn within every repetition: clock and power drift then
+    touch all of them alike. Tensor-bound kernels run near the H100's power limit, where the same
+    kernel was seen to move by up to ~15% between runs seconds apart (benchmarks/notes_gemm.md)."""
+    graphs = [_capture(calls, n, warmup) for calls, n in zip(call_sets, launches, strict=True)]
+    times: list[list[float]] = [[] for _ in graphs]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(reps):
+        for graph, n, out in zip(graphs, launches, times, strict=True):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) * 1000.0 / n)
+    return [statistics.median(t) for t in times]
+
+
+def _capture(calls: Sequence[Callable[[], object]], launches: int, warmup: int) -> torch.cuda.CUDAGraph:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -44,15 +67,7 @@ def graph_time_us(calls: Sequence[Callable[[], object]], launches: int = 200, re
             calls[i % len(calls)]()
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / launches)
-    return statistics.median(times)
+    return graph
 
 
 def event_time_us(call: Callable[[], object], reps: int = 20, warmup: int = 3) -> float:
