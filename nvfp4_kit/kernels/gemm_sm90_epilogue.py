@@ -34,7 +34,7 @@ from .gemm_sm90_ptx import (
     bits_equal,
     ld_nc_f32,
     ld_relaxed_f32,
-    st_bf16,
+    st_bf16_if,
     st_relaxed_f32,
     st_relaxed_u32,
     trap,
@@ -131,6 +131,7 @@ class StreamKEpilogue:
         batch = 8 if self.bn <= 32 else 4
         tot = cute.make_rmem_tensor((grp,), Float32)
         buf = cute.make_rmem_tensor((batch * grp,), Float32)
+        origin = self.thread_origin(coords, tile, epi)
         for v0 in cutlass.range_constexpr(0, nv, grp):
             tot.fill(0.0)
             for c0 in cutlass.range(c_first, e.bid_x, batch, unroll=1):
@@ -150,7 +151,7 @@ class StreamKEpilogue:
                             tot[j] = tot[j] + buf[b * grp + j]
                             st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(SLOT_EMPTY_BITS - (1 << 32)))
             for j in cutlass.range_constexpr(grp):
-                self.store_one(tot[j] + acc[v0 + j], coords[v0 + j], tile, epi)
+                self.store_one(tot[j] + acc[v0 + j], coords[v0 + j], coords[0], origin, epi)
 
     @cute.jit
     def _load_batch(self, buf, c0, v0, grp, batch, epi):
@@ -166,22 +167,43 @@ class StreamKEpilogue:
         return missing
 
     @cute.jit
-    def store(self, vals, tile, epi):
-        coords = epi.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
-        for v in cutlass.range_constexpr(cute.size(vals)):
-            self.store_one(vals[v], coords[v], tile, epi)
+    def thread_origin(self, coords, tile, epi):
+        """Where this thread's first value of the block lands, and 2^7 * alpha of its two rows:
+        (row0, tok0, address of out[tok0, row0], scale of row0, scale of row0 + 8).
+
+        A thread's accumulator values lie on two rows of its 64-row block, g and g + 8 (wgmma's C
+        fragment), so alpha is read twice per tile, not per value: with a load inside each value's
+        bounds check every store waited on it, and the epilogue took ~10% of a prefill GEMM (dev
+        probe 5, benchmarks/notes_gemm.md). Rows past N read alpha[N - 1]; their stores are skipped.
+        """
+        e = epi
+        r0, c0 = coords[0]
+        row0 = (tile * self.row_tiles + e.wg) * ROW_TILE + r0
+        tok0 = e.bid_m * self.bn + c0
+        scales = []
+        for d in (0, 8):
+            row = cutlass.min(row0 + d, e.n - 1)
+            a = ld_nc_f32(Int64(e.alpha_addr) + Int64(row * e.alpha_stride) * 4)
+            scales.append(a * Float32(2.0**SCALE_BIAS_LOG2))
+        addr0 = Int64(e.out_addr) + (Int64(tok0) * Int64(e.n) + Int64(row0)) * 2
+        return row0, tok0, addr0, scales[0], scales[1]
 
     @cute.jit
-    def store_one(self, value, coord, tile, epi):
-        """out[tok, row] = bf16(value * 2^7 * alpha[row]) if row < n and tok < m."""
+    def store(self, vals, tile, epi):
+        coords = epi.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
+        origin = self.thread_origin(coords, tile, epi)
+        for v in cutlass.range_constexpr(cute.size(vals)):
+            self.store_one(vals[v], coords[v], coords[0], origin, epi)
+
+    @cute.jit
+    def store_one(self, value, coord, coord0, origin, epi):
+        """out[tok, row] = bf16(value * 2^7 * alpha[row]) if row < n and tok < m, for the value at
+        accumulator coordinate `coord` (coord0: the thread's first; origin: thread_origin). The
+        offsets from coord0 fold to constants; value * (2^7 alpha) rounds as (value * 2^7) * alpha."""
         e = epi
-        alpha_addr, out_addr, alpha_stride, m, n, wg, bid_m = (
-            e.alpha_addr, e.out_addr, e.alpha_stride, e.m, e.n, e.wg, e.bid_m)
-        r, c = coord
-        row = (tile * self.row_tiles + wg) * ROW_TILE + r
-        tok = bid_m * self.bn + c
-        if row < n:
-            if tok < m:
-                a = ld_nc_f32(Int64(alpha_addr) + Int64(row * alpha_stride) * 4)
-                val = value * Float32(2.0**SCALE_BIAS_LOG2) * a
-                st_bf16(Int64(out_addr) + (Int64(tok) * Int64(n) + Int64(row)) * 2, val)
+        row0, tok0, addr0, scale_lo, scale_hi = origin
+        dr = coord[0] - coord0[0]
+        dc = coord[1] - coord0[1]
+        scale = Float32(cutlass.select_(dr == 0, scale_lo, scale_hi))
+        keep = cutlass.select_((row0 + dr < e.n) & (tok0 + dc < e.m), Int32(1), Int32(0))
+        st_bf16_if(addr0 + Int64(dc * e.n + dr) * 2, value * scale, Int32(keep))

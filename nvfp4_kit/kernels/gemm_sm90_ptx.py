@@ -18,7 +18,7 @@ __all__ = [
     "ld_nc_v4",
     "dequant_step",
     "ld_nc_f32",
-    "st_bf16",
+    "st_bf16_if",
     "st_relaxed_f32",
     "st_relaxed_u32",
     "ld_relaxed_f32",
@@ -112,13 +112,18 @@ def ld_nc_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
 
 
 @dsl_user_op
-def st_bf16(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
-    """Round-to-nearest-even fp32 -> bf16 and a 2-byte store."""
+def st_bf16_if(addr: Int64, value: Float32, keep: Int32, *, loc=None, ip=None) -> None:
+    """st_bf16 predicated on keep != 0 (no branch around each store of an epilogue)."""
     inline_ptx(
         None,
-        [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
-        "{\n.reg .b16 h;\ncvt.rn.bf16.f32 h, $1;\nst.global.b16 [$0], h;\n}\n",
-        "l,f",
+        [
+            Int64(addr).ir_value(loc=loc, ip=ip),
+            Float32(value).ir_value(loc=loc, ip=ip),
+            Int32(keep).ir_value(loc=loc, ip=ip),
+        ],
+        "{\n.reg .b16 h;\n.reg .pred p;\nsetp.ne.b32 p, $2, 0;\ncvt.rn.bf16.f32 h, $1;\n"
+        "@p st.global.b16 [$0], h;\n}\n",
+        "l,f,r",
         side_effects=True,
     )
 
