@@ -34,6 +34,7 @@ from .gemm_sm90_ptx import (
     bits_equal,
     ld_nc_f32,
     ld_relaxed_f32,
+    st_bf16,
     st_bf16_if,
     st_relaxed_f32,
     st_relaxed_u32,
@@ -70,7 +71,8 @@ class EpilogueArgs(NamedTuple):
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.row_tiles, self.skip_epilogue (set by the kernel class). Each call
+    """Needs self.bn, self.bm, self.row_tiles, self.hoist_alpha, self.skip_epilogue (set by the
+    kernel class). Each call
     handles one 64-row block's accumulator; epi.wg is that block's row tile within the CTA."""
 
     @cute.jit
@@ -131,7 +133,7 @@ class StreamKEpilogue:
         batch = 8 if self.bn <= 32 else 4
         tot = cute.make_rmem_tensor((grp,), Float32)
         buf = cute.make_rmem_tensor((batch * grp,), Float32)
-        origin = self.thread_origin(coords, tile, epi)
+        origin = self.thread_origin(coords, tile, epi) if self.hoist_alpha else None
         for v0 in cutlass.range_constexpr(0, nv, grp):
             tot.fill(0.0)
             for c0 in cutlass.range(c_first, e.bid_x, batch, unroll=1):
@@ -151,7 +153,7 @@ class StreamKEpilogue:
                             tot[j] = tot[j] + buf[b * grp + j]
                             st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(SLOT_EMPTY_BITS - (1 << 32)))
             for j in cutlass.range_constexpr(grp):
-                self.store_one(tot[j] + acc[v0 + j], coords[v0 + j], coords[0], origin, epi)
+                self.store_value(tot[j] + acc[v0 + j], coords, v0 + j, tile, origin, epi)
 
     @cute.jit
     def _load_batch(self, buf, c0, v0, grp, batch, epi):
@@ -191,9 +193,17 @@ class StreamKEpilogue:
     @cute.jit
     def store(self, vals, tile, epi):
         coords = epi.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
-        origin = self.thread_origin(coords, tile, epi)
+        origin = self.thread_origin(coords, tile, epi) if self.hoist_alpha else None
         for v in cutlass.range_constexpr(cute.size(vals)):
-            self.store_one(vals[v], coords[v], coords[0], origin, epi)
+            self.store_value(vals[v], coords, v, tile, origin, epi)
+
+    @cute.jit
+    def store_value(self, value, coords, v, tile, origin, epi):
+        """Store accumulator value v (coords: the thread's accumulator coordinates)."""
+        if cutlass.const_expr(self.hoist_alpha):
+            self.store_one(value, coords[v], coords[0], origin, epi)
+        else:
+            self.store_one_loaded(value, coords[v], tile, epi)
 
     @cute.jit
     def store_one(self, value, coord, coord0, origin, epi):
@@ -207,3 +217,17 @@ class StreamKEpilogue:
         scale = Float32(cutlass.select_(dr == 0, scale_lo, scale_hi))
         keep = cutlass.select_((row0 + dr < e.n) & (tok0 + dc < e.m), Int32(1), Int32(0))
         st_bf16_if(addr0 + Int64(dc * e.n + dr) * 2, value * scale, Int32(keep))
+
+    @cute.jit
+    def store_one_loaded(self, value, coord, tile, epi):
+        """store_one with alpha loaded per value inside the bounds check (bn <= 32, see the
+        kernel's hoist_alpha)."""
+        e = epi
+        r, c = coord
+        row = (tile * self.row_tiles + e.wg) * ROW_TILE + r
+        tok = e.bid_m * self.bn + c
+        if row < e.n:
+            if tok < e.m:
+                a = ld_nc_f32(Int64(e.alpha_addr) + Int64(row * e.alpha_stride) * 4)
+                val = value * Float32(2.0**SCALE_BIAS_LOG2) * a
+                st_bf16(Int64(e.out_addr) + (Int64(tok) * Int64(e.n) + Int64(row)) * 2, val)

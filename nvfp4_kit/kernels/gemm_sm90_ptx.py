@@ -18,6 +18,7 @@ __all__ = [
     "ld_nc_v4",
     "dequant_step",
     "ld_nc_f32",
+    "st_bf16",
     "st_bf16_if",
     "st_relaxed_f32",
     "st_relaxed_u32",
@@ -108,6 +109,18 @@ def ld_nc_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
             "=f,l",
             side_effects=False,
         )
+    )
+
+
+@dsl_user_op
+def st_bf16(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
+    """Round-to-nearest-even fp32 -> bf16 and a 2-byte store."""
+    inline_ptx(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
+        "{\n.reg .b16 h;\ncvt.rn.bf16.f32 h, $1;\nst.global.b16 [$0], h;\n}\n",
+        "l,f",
+        side_effects=True,
     )
 
 
