@@ -5,6 +5,9 @@
                                       # table + JSON + PNG under --out; best of the candidate
                                       # configs per (shape, M) -> the default tuning table
     python benchmarks/bench_gemm.py compile            # cold compile / warm start times
+    python benchmarks/bench_gemm.py merge A.json B.json:1-32 --out DIR --table-out T.json
+                                      # one JSON + PNG (+ table) from several runs' records,
+                                      # optionally only an M range of a run
 
 Timing: CUDA graph of many launches rotating over weight copies > 2x L2 (nvfp4_kit.timing), median
 of replays, divided by the launch count. At each (shape, M) the candidate configs are timed
@@ -305,6 +308,56 @@ def bench(args) -> None:
         write_table(records, Path(args.table_out))
 
 
+def merge(args) -> None:
+    """Join the records of several bench runs (e.g. shapes run in separate processes) into one
+    JSON + PNG (+ tuning table). An input "FILE:LO-HI" contributes only its records with LO <= M <=
+    HI. Each record keeps the commit of its run ("run_commit"); "sources" lists the inputs."""
+    records, sources, docs = [], [], []
+    for spec in args.inputs:
+        path, _, span = spec.partition(":")
+        lo, hi = (int(v) for v in span.split("-")) if span else (0, 1 << 30)
+        doc = json.loads(Path(path).read_text())
+        docs.append(doc)
+        picked = [dict(r, run_commit=doc["commit"]) for r in doc["records"] if lo <= r["M"] <= hi]
+        records += picked
+        sources.append(
+            {
+                "file": Path(path).name,
+                "commit": doc["commit"],
+                "command": doc.get("command"),
+                "m_range": [lo, hi] if span else None,
+                "records": len(picked),
+            }
+        )
+    keys = [(r["shape"], r["M"], r["backend"]) for r in records]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise SystemExit(f"merge: records given twice: {sorted(dup)[:5]}")
+    devices = {d["device"] for d in docs}
+    if len(devices) != 1:
+        raise SystemExit(f"merge: runs from different devices {sorted(devices)}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = list(SHAPES)
+    records.sort(key=lambda r: (order.index(r["shape"]), r["M"]))
+    doc = {
+        "device": devices.pop(),
+        "commit": git_commit(),
+        "copy_bw_tbps": min(d["copy_bw_tbps"] for d in docs),
+        "versions": docs[0]["versions"],
+        "command": " ".join(sys.argv),
+        "sources": sources,
+        "records": records,
+    }
+    stamp = datetime.date.today().isoformat()
+    path = out_dir / f"gemm_h100_{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    _plot(doc, out_dir / f"gemm_h100_{stamp}.png")
+    print(f"wrote {path} ({len(records)} records from {len(sources)} runs)")
+    if args.table_out:
+        write_table(records, Path(args.table_out))
+
+
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
     """--configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt]];...": configs to time at each M ('*' = any)."""
     out = []
@@ -312,7 +365,7 @@ def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
         ms, _, fields = item.partition(":")
         if ms in ("*", str(m)):
             bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in fields.split(","))
-            pdl, mt = (opt + [1, 1][len(opt):])[:2]
+            pdl, mt = (opt + [1, 1][len(opt) :])[:2]
             out.append(GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl, mt=mt))
     return out or [G.heuristic_config(m, 1, 1)]
 
@@ -413,7 +466,8 @@ def _plot(doc: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("modes", help="comma list of: check, bench, compile, once")
+    p.add_argument("modes", help="comma list of: check, bench, compile, once, merge")
+    p.add_argument("inputs", nargs="*", help="merge: bench JSON files, each optionally FILE:LO-HI (M range)")
     p.add_argument("--quick", action="store_true", help="skip the reference peer")
     p.add_argument("--shapes", default="", help="comma list of " + ",".join(SHAPES))
     p.add_argument("--m", default="", help="comma list of M values (default 1..8192)")
@@ -434,6 +488,8 @@ def main() -> None:
             compile_times(args)
         elif mode == "once":
             once(args)
+        elif mode == "merge":
+            merge(args)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         print(f"[{mode}] {time.time() - t:.1f} s", flush=True)

@@ -21,7 +21,8 @@ kernel has); (b) each NVFP4 linear's fp32 input jittered by a few ulps (2^-20 re
 bf16 rounding, as another fp32 implementation of norms, rope and attention differs (approximate
 rsqrt/exp, another reduction order); (c) for a bf16 engine, its residual stream rounded to bf16
 after every decoder layer (what a bf16 engine keeps). W4A4 is the sensitive mode: a one-ulp bf16
-change at a quantizer input can move an e2m1 code, and the change compounds over layers. On deep random-weight models the floor is large (the 8B preset's 32 layers, W4A4: ~0.9).
+change at a quantizer input can move an e2m1 code, and the change compounds over layers. On deep
+random-weight models the floor is large (the 8B preset's 32 layers, W4A4: ~0.9).
 Above INCONCLUSIVE_FLOOR (0.25) the comparison cannot tell a right engine from a wrong one: the mode
 is reported INCONCLUSIVE (not a pass); check a shallower model of the same shapes instead
 (make_checkpoint --num-layers). Whatever the floor, each NVFP4 linear is also compared with the
