@@ -347,6 +347,7 @@ def merge(args) -> None:
         "versions": docs[0]["versions"],
         "command": " ".join(sys.argv),
         "sources": sources,
+        "note": args.note,
         "records": records,
     }
     stamp = datetime.date.today().isoformat()
@@ -475,6 +476,7 @@ def main() -> None:
     p.add_argument("--configs", default="", help='explicit configs "M:bn,wgs,stages,per_step,ctas;..."')
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--table-out", default="", help="also write the per-M-bucket tuning table here")
+    p.add_argument("--note", default="", help="merge: why these runs make one result (stored in the JSON)")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     ok = True

@@ -74,9 +74,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # 5 = the full kernel without the fix-up and stores
         self.probe = probe
         # Epilogue (gemm_sm90_epilogue): tiles of 64+ tokens read alpha once per row and store
-        # predicated at folded offsets; bn <= 32 keeps the per-value load, because with the hoisted
-        # form ptxas scheduled the bn32 per_step-0 main loop differently and it ran 18-25% slower
-        # on H100 (gate_up M=32: 35.9 -> 43.3 us), while bn 8/16 measured the same either way.
+        # predicated at folded offsets; bn <= 32 keeps the per-value load: with the hoisted form
+        # the bn32 per_step-0 kernel ran 18-25% slower on H100 (gate_up M=32: 35.9 -> 43.3 us; its
+        # main loop's SASS differs only in instruction order), bn 8/16 measured the same either way.
         self.hoist_alpha = bn >= 64
         self.skip_math = probe in (2, 3, 4)
         self.skip_epilogue = probe in (3, 4, 5)
