@@ -72,8 +72,8 @@ class EpilogueArgs(NamedTuple):
 
 class StreamKEpilogue:
     """Needs self.bn, self.bm, self.row_tiles, self.hoist_alpha, self.skip_epilogue (set by the
-    kernel class). Each call
-    handles one 64-row block's accumulator; epi.wg is that block's row tile within the CTA."""
+    kernel class). Each call handles one 64-row block's accumulator; epi.wg is that block's row
+    tile within the CTA."""
 
     @cute.jit
     def _slot(self, c, epi):

@@ -1,9 +1,11 @@
 """The SM90 W4A16 GEMM kernel in CuTe DSL: out[M, N] = (x[M, K] @ dequant(W)[N, K].T) * alpha.
 
 Design (Hopper, swap-AB, mixed input):
-  1. Swap-AB: weight rows are wgmma's M (64 per consumer warpgroup), tokens its N (bn = 8..128),
-     so a decode batch of 1..16 tokens still fills the 64-row MMA.
-  2. One producer warp fills a `stages`-deep mbarrier pipeline: per 128-wide K chunk, the packed
+  1. Swap-AB: weight rows are wgmma's M (64 per consumer warpgroup, or two 64-row blocks with
+     `mt` 2 for prefill), tokens its N (bn = 8..128), so a decode batch of 1..16 tokens still fills
+     the 64-row MMA and a prefill CTA re-reads each activation tile for 256 weight rows, not 128.
+  2. One producer warp (a whole warpgroup with mt 2, whose registers setmaxnreg hands to the
+     consumers) fills a `stages`-deep mbarrier pipeline: per 128-wide K chunk, the packed
      weights of each 64-row tile (pre-shuffled so they are 4 KB + 512 B contiguous: two 1-D bulk
      copies, no tensor map) and the activation tile (TMA, zero-filled past M and K).
   3. Consumer warpgroups read their own 48 bytes per chunk from shared memory (conflict-free
