@@ -1,7 +1,9 @@
 """`python -m nvfp4_kit.tune`: measure every candidate kernel config per layer shape and M bucket.
 
 Writes the winners into the tuning table under NVFP4_KIT_CACHE_DIR (read by nvfp4_kit.dispatch), or
-into `--out` (how nvfp4_kit/data/tuning_sm90_h100.json is made). Needs a GPU; SM90 only for now.
+into `--out`. Needs a GPU; SM90 only for now. The committed H100 default,
+nvfp4_kit/data/tuning_sm90_h100.json, comes from `benchmarks/bench_gemm.py bench --table-out`, which
+times the same candidates (interleaved, next to the peers) on the benchmark's shapes.
 """
 
 from __future__ import annotations
