@@ -289,9 +289,6 @@ def bench(args) -> None:
         if args.configs:
             cf = lambda m, n, k: _explicit_configs(args.configs, m)  # noqa: E731
         bench_shape(name, n, k, m_values, bw, args.quick, records, cf)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.date.today().isoformat()
     doc = {
         "device": torch.cuda.get_device_name(),
         "commit": git_commit(),
@@ -300,12 +297,20 @@ def bench(args) -> None:
         "command": " ".join(sys.argv),
         "records": records,
     }
+    _write_result(doc, args)
+
+
+def _write_result(doc: dict, args) -> None:
+    """gemm_h100_<date>.json + .png under --out, and the tuning table at --table-out if given."""
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.date.today().isoformat()
     path = out_dir / f"gemm_h100_{stamp}.json"
     path.write_text(json.dumps(doc, indent=1))
     _plot(doc, out_dir / f"gemm_h100_{stamp}.png")
-    print(f"wrote {path}")
+    print(f"wrote {path} ({len(doc['records'])} records)")
     if args.table_out:
-        write_table(records, Path(args.table_out))
+        write_table(doc["records"], Path(args.table_out))
 
 
 def merge(args) -> None:
@@ -336,8 +341,6 @@ def merge(args) -> None:
     devices = {d["device"] for d in docs}
     if len(devices) != 1:
         raise SystemExit(f"merge: runs from different devices {sorted(devices)}")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     order = list(SHAPES)
     records.sort(key=lambda r: (order.index(r["shape"]), r["M"]))
     doc = {
@@ -350,13 +353,7 @@ def merge(args) -> None:
         "note": args.note,
         "records": records,
     }
-    stamp = datetime.date.today().isoformat()
-    path = out_dir / f"gemm_h100_{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1))
-    _plot(doc, out_dir / f"gemm_h100_{stamp}.png")
-    print(f"wrote {path} ({len(records)} records from {len(sources)} runs)")
-    if args.table_out:
-        write_table(records, Path(args.table_out))
+    _write_result(doc, args)
 
 
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
