@@ -32,7 +32,7 @@ NUM_SMS_H100 = 132
 # fp32 bits of a stream-K workspace word that holds no partial (a negative NaN with a payload; GPU
 # arithmetic only ever writes the canonical NaN 0x7fffffff). See gemm_sm90_epilogue.
 SLOT_EMPTY_BITS = 0xFFC0DEAD
-_BNS = (8, 16, 32, 64, 128)
+_BNS = (8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class GemmConfig:
 # Stages keep a decode CTA under ~72 KB of shared memory (3 CTAs per SM, >= 100 KB of weights in
 # flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
 # bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
-# The 256x128 prefill tile (mt 2) uses 4 stages of 50 KB.
+# The 256x128 prefill tile (mt 2) uses 4 stages of 50 KB; the 128x256 one (bn 256: each dequantized
+# weight feeds 256 tokens, half the dequant work per FLOP of 256x128) 3 stages of 73 KB.
 COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (8, 1, 8, 2, 1),
     (16, 1, 7, 2, 1),
@@ -131,6 +132,8 @@ COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 1, 4, 2, 1),
     (128, 2, 4, 2, 1),
     (128, 2, 4, 0, 2),
+    (256, 2, 3, 0, 1),
+    (256, 2, 3, 2, 1),
 )
 
 
@@ -167,7 +170,7 @@ _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
     128: ((128, 2, 1), (128, 0, 1, 2), (64, 2, 2), (32, 0, 3)),
-    8192: ((128, 0, 1, 2), (128, 2, 1), (64, 2, 2)),
+    8192: ((128, 0, 1, 2), (256, 2, 1), (256, 0, 1), (128, 2, 1), (64, 2, 2)),
 }
 
 

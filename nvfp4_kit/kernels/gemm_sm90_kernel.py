@@ -96,7 +96,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # mt 2 holds 2 accumulators + 2 A fragments (~210 registers per consumer thread, above the
         # 168 that 384 threads get by default): a whole producer warpgroup gives its registers to
         # the consumers with setmaxnreg (which acts per warpgroup).
-        self.realloc_registers = mt > 1
+        # bn 256 (prefill): a 64 x 256 fp32 accumulator is 128 registers per thread, plus one or
+        # two 32-register A fragments; the same setmaxnreg split serves it.
+        self.realloc_registers = mt > 1 or bn > 128
         self.num_threads = _WG * wgs + (_WG if self.realloc_registers else 32)
 
     def _mma(self):

@@ -183,6 +183,23 @@ def test_gpu_matches_reference(m, n, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(4096, 4096), (640, 1040), (200, 272)])
+@pytest.mark.parametrize("m", [199, 300, 1000])
+def test_gpu_prefill_configs_match_reference(m, n, k):
+    """Every prefill candidate (128x128, 256x128, 128x256 tiles) at odd M and N, both alphas."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    q, w, s, x = _case(m, n, k)
+    cfgs = G.candidate_configs(m, n, k)
+    assert any(c.bn == 256 for c in cfgs)
+    for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
+        ref = _ref(x, q, alpha)
+        for cfg in cfgs:
+            out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+            G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+            _assert_close_to_reference(out, ref)
+
+
+@pytest.mark.gpu
 def test_gpu_special_blocks():
     from nvfp4_kit.formats import pack_e2m1
 
@@ -231,6 +248,7 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
     cases += [(_case(9, 384, 14336, seed=2), GemmConfig(8, 1, 8, 8))]  # many pieces per tile
     # 256-row tiles, two 64-row blocks per warpgroup, each parked and closed on its own
     cases += [(_case(300, 4096, 4096, seed=3), GemmConfig(128, 2, 4, 2, per_step=0, mt=2))]
+    cases += [(_case(600, 4096, 4096, seed=4), GemmConfig(256, 2, 3, 1, per_step=2))]  # 128x256
     first = []
     for rnd in range(2):
         for i, ((q, w, s, x), cfg) in enumerate(cases):
