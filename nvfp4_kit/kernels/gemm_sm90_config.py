@@ -123,7 +123,8 @@ class GemmConfig:
 # flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
 # bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
 # The 256x128 prefill tile (mt 2) uses 4 stages of 50 KB; the 128x256 one (bn 256: each dequantized
-# weight feeds 256 tokens, half the dequant work per FLOP of 256x128) 3 stages of 73 KB.
+# weight feeds 256 tokens, half the dequant work per FLOP of 256x128) 3 stages of 73 KB; at bn 256
+# per_step 1 beat 0 by 4-10% at M = 512..4096 (gate_up M = 4096: 1356 / 1411 / 1506 us for p1 / p2 / p0).
 COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (8, 1, 8, 2, 1),
     (16, 1, 7, 2, 1),
@@ -132,7 +133,7 @@ COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 1, 4, 2, 1),
     (128, 2, 4, 2, 1),
     (128, 2, 4, 0, 2),
-    (256, 2, 3, 0, 1),
+    (256, 2, 3, 1, 1),
     (256, 2, 3, 2, 1),
 )
 
@@ -170,7 +171,8 @@ _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
     128: ((128, 2, 1), (128, 0, 1, 2), (64, 2, 2), (32, 0, 3)),
-    8192: ((128, 0, 1, 2), (256, 2, 1), (256, 0, 1), (128, 2, 1), (64, 2, 2)),
+    1024: ((128, 2, 1), (256, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
+    8192: ((256, 1, 1), (256, 2, 1), (128, 0, 1, 2), (128, 2, 1)),
 }
 
 
@@ -183,6 +185,6 @@ def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
 
 def heuristic_config(m: int, n: int, k: int) -> GemmConfig:
     """Untuned default (H100 measurements): bn8 (mma.sync) with 2 and bn16 with 3 stream-K CTAs
-    per SM for decode, bn32 per_step 0 for M <= 32, bn64 for M <= 64, then 128x128 tiles with one
-    CTA per SM."""
+    per SM for decode, bn32 per_step 0 for M <= 32, bn64 for M <= 64, 128x128 tiles with one CTA
+    per SM up to M = 1024, then the 128x256 tile (bn 256, per_step 1)."""
     return candidate_configs(m, n, k)[0]
