@@ -31,6 +31,9 @@ class EngineNames:
     flashinfer: str | None = None  # FlashInfer `mm_fp4(backend=...)` / `fp4_quantize(backend=...)`
 
 
+_PARSED: dict[tuple[type, str], enum.Enum] = {}
+
+
 class _ParseMixin:
     """`parse` accepts our value, any engine's spelling, or a member; errors list every valid name."""
 
@@ -38,12 +41,18 @@ class _ParseMixin:
     def parse(cls, value):
         if isinstance(value, cls):
             return value
+        if isinstance(value, str):  # every eager op call parses its backend name: memoized
+            member = _PARSED.get((cls, value))
+            if member is not None:
+                return member
         text = str(value).strip().lower().replace("-", "_")
         for member in cls:
             spellings = {member.value} | {
                 s.lower().replace("-", "_") for s in vars(member.names).values() if s
             }
             if text in spellings:
+                if isinstance(value, str):
+                    _PARSED[(cls, value)] = member
                 return member
         valid = sorted({n for m in cls for n in m.all_names()})
         raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {', '.join(valid)}")

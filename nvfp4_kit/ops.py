@@ -90,7 +90,7 @@ def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
         check(x.dtype == torch.bfloat16, f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
         key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
         choice = dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, x.shape[0])
-        gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config)
+        gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config, prevalidated=True)
     else:
         from .kernels import flashinfer_sm100
 

@@ -6,12 +6,15 @@ shared-memory pipeline `stages` of weights + activations) plus the run-time stre
 
 Stream-K grid (`stream_k_grid`): per token tile, the n_tiles x Kc (row tile, K chunk) pairs are cut
 into G = max(1, SMs * ctas_per_sm // m_tiles) equal runs, so the whole grid is one wave of at most
-SMs * ctas_per_sm CTAs with the same number of weight chunks each, whatever M, N and K are.
+SMs * ctas_per_sm CTAs with the same number of weight chunks each, whatever M, N and K are. Except
+when the tiles alone nearly fill that wave (at least TILE_ALIGNED_FILL of it): then G = n_tiles,
+one whole tile per CTA and no fix-up, which costs at most 1 - TILE_ALIGNED_FILL of the CTAs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from ..formats import round_up
@@ -26,12 +29,17 @@ __all__ = [
     "stream_k_grid",
     "fits",
     "SLOT_EMPTY_BITS",
+    "TILE_ALIGNED_FILL",
 ]
 
 NUM_SMS_H100 = 132
 # fp32 bits of a stream-K workspace word that holds no partial (a negative NaN with a payload; GPU
 # arithmetic only ever writes the canonical NaN 0x7fffffff). See gemm_sm90_epilogue.
 SLOT_EMPTY_BITS = 0xFFC0DEAD
+# Stream-K would cut every tile in two when m_tiles * n_tiles is just under the wave (o and down at
+# M = 512 with 128x128 tiles: 128 tiles for 132 SMs): each CTA then parks or closes a 64 KB fp32
+# partial through L2 to save <= 3% of the chunks. Down to this fill a whole tile per CTA is cheaper.
+TILE_ALIGNED_FILL = 0.85
 _BNS = (8, 16, 32, 64, 128, 256)
 
 
@@ -131,6 +139,7 @@ COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (32, 1, 5, 0, 1),
     (32, 1, 5, 2, 1),
     (64, 1, 4, 2, 1),
+    (128, 2, 4, 1, 1),
     (128, 2, 4, 2, 1),
     (128, 2, 4, 0, 2),
     (256, 2, 3, 1, 1),
@@ -154,7 +163,10 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     n_tiles = round_up(n, ROW_PAD) // cfg.bm
     total = n_tiles * (round_up(k, K_CHUNK) // K_CHUNK)
     m_tiles = -(-m // cfg.bn)
-    g = min(total, max(1, sms * cfg.ctas_per_sm // m_tiles))  # grid <= one wave
+    wave = sms * cfg.ctas_per_sm
+    if TILE_ALIGNED_FILL * wave <= m_tiles * n_tiles <= wave:
+        return n_tiles, total, n_tiles  # one whole tile per CTA: no stream-K fix-up
+    g = min(total, max(1, wave // m_tiles))  # grid <= one wave
     return g, total, n_tiles
 
 
@@ -170,9 +182,9 @@ _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     16: ((16, 2, 3), (16, 2, 2), (8, 2, 2)),
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
-    128: ((128, 2, 1), (128, 0, 1, 2), (64, 2, 2), (32, 0, 3)),
-    1024: ((128, 2, 1), (256, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
-    8192: ((256, 1, 1), (256, 2, 1), (128, 0, 1, 2), (128, 2, 1)),
+    128: ((128, 2, 1), (128, 1, 1), (64, 2, 2), (128, 0, 1, 2), (32, 0, 3)),
+    1024: ((128, 2, 1), (256, 1, 1), (128, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
+    8192: ((256, 1, 1), (256, 2, 1), (128, 1, 1), (128, 0, 1, 2), (128, 2, 1)),
 }
 
 
@@ -183,6 +195,7 @@ def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
     return [cfg for cfg in (_cfg(*c) for c in _CANDIDATES[bucket]) if fits(cfg, n)]
 
 
+@functools.lru_cache(maxsize=4096)  # eager calls without a config ask per call (~25 us to build)
 def heuristic_config(m: int, n: int, k: int) -> GemmConfig:
     """Untuned default (H100 measurements): bn8 (mma.sync) with 2 and bn16 with 3 stream-K CTAs
     per SM for decode, bn32 per_step 0 for M <= 32, bn64 for M <= 64, 128x128 tiles with one CTA

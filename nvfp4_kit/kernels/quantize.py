@@ -23,7 +23,6 @@ call: compiling during capture raises). M and K are runtime arguments: one compi
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 
 from ..formats import BLOCK_SIZE, ScaleLayout, scale_shape
 from . import compile_cache
+from .launch import ARG_I32, ARG_U32, ARG_WORD, Launcher, current_stream_handle, on_device
 
 __all__ = [
     "quantize_out",
@@ -44,7 +44,7 @@ __all__ = [
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 _MAX_BLOCKS = 2**31 - 2**16  # int32 block indices (and swizzled byte offsets) inside the kernels
-_fns: dict[tuple, Callable[..., Any]] = {}  # hot-path cache in front of compile_cache
+_fns: dict[tuple, Launcher] = {}  # hot-path cache in front of compile_cache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,14 +201,40 @@ def _key(kind: str, is_fp16: bool, swizzled: bool, cfg) -> dict[str, object]:
             "dtype": "fp16" if is_fp16 else "bf16", **cfg.to_dict()}
 
 
-def _get(kind: str, is_fp16: bool, swizzled: bool, cfg) -> Callable[..., Any]:
+# Runtime signature of quantize_kernels.<kind>_launch: the DSL dtype and assumed alignment of each
+# pointer argument, then the kinds of the integer arguments; the stream comes last.
+_SIGNATURES: dict[str, tuple[tuple[tuple[str, int], ...], str]] = {
+    "quantize": ((("Uint32", 16), ("Float32", 4), ("Uint32", 8), ("Uint8", 1)),
+                 ARG_I32 + ARG_I32 + ARG_U32 + ARG_I32),  # m, kb, kb_mul, kb_shift
+    "qdq": ((("Uint32", 16), ("Float32", 4), ("Uint32", 16)), ARG_I32),  # blocks
+    "amax": ((("Uint32", 16), ("Float32", 4)), ARG_I32),  # blocks
+}
+
+
+def _launcher(kind: str, fn: Any) -> Launcher:
+    pointers, ints = _SIGNATURES[kind]
+
+    def dsl_args(values):
+        import cutlass
+        import cutlass.cute as cute
+        from cuda.bindings import driver
+        from cutlass.cute.runtime import make_ptr
+
+        ptrs = [make_ptr(getattr(cutlass, dtype), v, cute.AddressSpace.gmem, assumed_align=align)
+                for (dtype, align), v in zip(pointers, values, strict=False)]
+        return (*ptrs, *values[len(pointers):-1], driver.CUstream(values[-1]))
+
+    return Launcher(fn, ARG_WORD * len(pointers) + ints + ARG_WORD, dsl_args)
+
+
+def _get(kind: str, is_fp16: bool, swizzled: bool, cfg) -> Launcher:
     hot = (kind, is_fp16, swizzled, cfg)
     fn = _fns.get(hot)
     if fn is None:
         jit_fn, args, consts = _compile_args(kind, is_fp16, swizzled, cfg)
-        fn = compile_cache.compile(f"quantize_{kind}", _key(kind, is_fp16, swizzled, cfg),
-                                   jit_fn, *args, *consts)
-        _fns[hot] = fn
+        compiled = compile_cache.compile(f"quantize_{kind}", _key(kind, is_fp16, swizzled, cfg),
+                                         jit_fn, *args, *consts)
+        fn = _fns[hot] = _launcher(kind, compiled)
     return fn
 
 
@@ -217,48 +243,6 @@ def _magic(kb: int) -> tuple[int, int]:
     from .quantize_ptx import magic_divisor
 
     return magic_divisor(kb)
-
-
-def _runtime():
-    import cutlass
-    import cutlass.cute as cute
-    from cuda.bindings import driver
-    from cutlass.cute.runtime import make_ptr
-
-    return cutlass, cute.AddressSpace.gmem, make_ptr, driver.CUstream
-
-
-@functools.lru_cache(maxsize=1)
-def _rt():
-    return _runtime()
-
-
-def _ptrs(*specs: tuple[torch.Tensor, str, int]) -> list[Any]:
-    cutlass, gmem, make_ptr, _ = _rt()
-    return [make_ptr(getattr(cutlass, dt), t.data_ptr(), gmem, assumed_align=al)
-            for t, dt, al in specs]
-
-
-def _stream(device: torch.device):
-    return _rt()[3](torch.cuda.current_stream(device).cuda_stream)
-
-
-class _Same:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-_SAME = _Same()
-
-
-def _on(device: torch.device):
-    """The launch goes to the current CUDA context: switch only when x is on another device."""
-    if device.index is None or device.index == torch.cuda.current_device():
-        return _SAME
-    return torch.cuda.device(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,10 +266,10 @@ def quantize_out(x: torch.Tensor, global_scale: torch.Tensor, layout: str | Scal
     cfg = config or select_config(m, k)
     fn = _get("quantize", x.dtype == torch.float16, swizzled, cfg)
     mul, shift = _magic(kb)
-    ptrs = _ptrs((x, "Uint32", 16), (global_scale, "Float32", 4), (out_packed, "Uint32", 8),
-                 (out_scale, "Uint8", 1))
-    with _on(x.device):
-        fn(*ptrs, m, kb, mul, shift, _stream(x.device))
+    index = x.device.index
+    with on_device(index):
+        fn(x.data_ptr(), global_scale.data_ptr(), out_packed.data_ptr(), out_scale.data_ptr(), m, kb,
+           mul, shift, current_stream_handle(index))
 
 
 def quantize_dequantize_out(x: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor,
@@ -298,9 +282,10 @@ def quantize_dequantize_out(x: torch.Tensor, global_scale: torch.Tensor, out: to
         return
     cfg = config or select_config(m, k)
     fn = _get("qdq", x.dtype == torch.float16, False, cfg)
-    ptrs = _ptrs((x, "Uint32", 16), (global_scale, "Float32", 4), (out, "Uint32", 16))
-    with _on(x.device):
-        fn(*ptrs, m * (k // BLOCK_SIZE), _stream(x.device))
+    index = x.device.index
+    with on_device(index):
+        fn(x.data_ptr(), global_scale.data_ptr(), out.data_ptr(), m * (k // BLOCK_SIZE),
+           current_stream_handle(index))
 
 
 def global_scale_out(x: torch.Tensor, out: torch.Tensor, config=None) -> None:
@@ -313,9 +298,9 @@ def global_scale_out(x: torch.Tensor, out: torch.Tensor, config=None) -> None:
         raise ValueError("x: M=0 has no amax")
     cfg = config or _AMAX
     fn = _get("amax", x.dtype == torch.float16, False, cfg)
-    ptrs = _ptrs((x, "Uint32", 16), (out, "Float32", 4))
-    with _on(x.device):
-        fn(*ptrs, m * (k // BLOCK_SIZE), _stream(x.device))
+    index = x.device.index
+    with on_device(index):
+        fn(x.data_ptr(), out.data_ptr(), m * (k // BLOCK_SIZE), current_stream_handle(index))
 
 
 def precompile(arch: str) -> list[str]:

@@ -39,7 +39,7 @@ def test_row_tile_must_divide_padded_n():
     assert any(c.mt == 2 for c in G.candidate_configs(1024, 4096, 4096))
 
 
-@pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 1000, 8192])
+@pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 512, 1000, 8192])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
 def test_stream_k_grid_covers_work_once(m, n, k):
     for cfg in G.candidate_configs(m, n, k):
@@ -55,6 +55,16 @@ def test_stream_k_grid_covers_work_once(m, n, k):
             assert starts[c] <= g < starts[c + 1]
         assert grid * -(-m // cfg.bn) <= max(132 * cfg.ctas_per_sm, -(-m // cfg.bn))  # <= 1 wave
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
+
+
+def test_tiles_that_nearly_fill_the_wave_get_one_cta_each():
+    cfg = GemmConfig(128, 2, 4, 1)  # 128 x 128 tiles, one CTA per SM
+    # o / down at M = 512: 4 token tiles x 32 row tiles = 128 tiles for 132 SMs -> whole tiles
+    assert stream_k_grid(512, 4096, 4096, cfg, sms=132) == (32, 32 * 32, 32)
+    assert stream_k_grid(512, 4096, 14336, cfg, sms=132) == (32, 32 * 112, 32)
+    # below the fill threshold (64 of 132) or above the wave (192): stream-K as before
+    assert stream_k_grid(256, 4096, 4096, cfg, sms=132) == (66, 32 * 32, 32)
+    assert stream_k_grid(512, 6144, 4096, cfg, sms=132) == (33, 48 * 32, 48)
 
 
 def _piece_roles(c, total, grid, k_chunks):
