@@ -156,16 +156,20 @@ def _quantize_into(x, global_scale, layout, backend, out_packed, out_scale) -> N
         out_scale.copy_(sf)
 
 
-@torch.library.custom_op("nvfp4::quantize", mutates_args=())
-def _quantize_op(
-    x: torch.Tensor, global_scale: torch.Tensor, layout: str, backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_new(x, global_scale, layout, backend) -> tuple[torch.Tensor, torch.Tensor]:
     validate_quantize(x, global_scale, layout)  # before allocating
     m, k = x.shape
     packed = torch.empty((m, k // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty(scale_shape(m, k, layout), dtype=torch.float8_e4m3fn, device=x.device)
     _quantize_into(x, global_scale, layout, backend, packed, scales)
     return packed, scales
+
+
+@torch.library.custom_op("nvfp4::quantize", mutates_args=())
+def _quantize_op(
+    x: torch.Tensor, global_scale: torch.Tensor, layout: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_new(x, global_scale, layout, backend)
 
 
 @_quantize_op.register_fake
@@ -189,8 +193,7 @@ def _(x, global_scale, layout, backend, out_packed, out_scale):
     validate_quantize(x, global_scale, layout)
 
 
-@torch.library.custom_op("nvfp4::quantize_dequantize", mutates_args=())
-def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.Tensor:
+def _qdq_new(x, global_scale, backend) -> torch.Tensor:
     validate_quantize(x, global_scale, "linear")
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
     if _quant_backend(backend, x) is Fp4QuantBackend.NVFP4_KIT:
@@ -200,6 +203,11 @@ def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.
     else:
         out.copy_(reference.quantize_dequantize(x, global_scale))
     return out
+
+
+@torch.library.custom_op("nvfp4::quantize_dequantize", mutates_args=())
+def _qdq_op(x: torch.Tensor, global_scale: torch.Tensor, backend: str) -> torch.Tensor:
+    return _qdq_new(x, global_scale, backend)
 
 
 @_qdq_op.register_fake
@@ -233,18 +241,28 @@ def gemm(x, w, w_scale, alpha, *, layout, n, x_scale=None, out_dtype=torch.bfloa
 
 
 def quantize(x, global_scale, layout="linear", *, backend: str = "auto", out=None):
-    """x (M, K) bf16/fp16 -> (packed (M, K/2) uint8, scales e4m3 in `layout`); global_scale fp32 [1]."""
+    """x (M, K) bf16/fp16 -> (packed (M, K/2) uint8, scales e4m3 in `layout`); global_scale fp32 [1].
+    Like gemm(): the custom op under torch.compile, its implementation directly when eager."""
     backend = Fp4QuantBackend.parse(backend).value
     layout = ScaleLayout.parse(layout).value
+    if torch.compiler.is_compiling():
+        if out is None:
+            return torch.ops.nvfp4.quantize(x, global_scale, layout, backend)
+        torch.ops.nvfp4.quantize_out(x, global_scale, layout, backend, out[0], out[1])
+        return out
     if out is None:
-        return torch.ops.nvfp4.quantize(x, global_scale, layout, backend)
-    torch.ops.nvfp4.quantize_out(x, global_scale, layout, backend, out[0], out[1])
+        return _quantize_new(x, global_scale, layout, backend)
+    _quantize_into(x, global_scale, layout, backend, out[0], out[1])
     return out
 
 
 def quantize_dequantize(x, global_scale, *, backend: str = "auto"):
-    """x -> bf16 e2m1*sf (not divided by global): the activations of the W4A4 emulation GEMM."""
-    return torch.ops.nvfp4.quantize_dequantize(x, global_scale, Fp4QuantBackend.parse(backend).value)
+    """x -> bf16 e2m1*sf (not divided by global): the activations of the W4A4 emulation GEMM.
+    Like gemm(): the custom op under torch.compile, its implementation directly when eager."""
+    backend = Fp4QuantBackend.parse(backend).value
+    if torch.compiler.is_compiling():
+        return torch.ops.nvfp4.quantize_dequantize(x, global_scale, backend)
+    return _qdq_new(x, global_scale, backend)
 
 
 @dataclass(frozen=True)
