@@ -7,8 +7,8 @@ shared-memory pipeline `stages` of weights + activations) plus the run-time stre
 Stream-K grid (`stream_k_grid`): per token tile, the n_tiles x Kc (row tile, K chunk) pairs are cut
 into G = max(1, SMs * ctas_per_sm // m_tiles) equal runs, so the whole grid is one wave of at most
 SMs * ctas_per_sm CTAs with the same number of weight chunks each, whatever M, N and K are. Except
-when the tiles alone nearly fill that wave (at least TILE_ALIGNED_FILL of it): then G = n_tiles,
-one whole tile per CTA and no fix-up, which costs at most 1 - TILE_ALIGNED_FILL of the CTAs.
+where runs of whole tiles cost each CTA at most TILE_ALIGNED_SLACK of a tile more than that equal
+cut (e.g. 128 tiles on 132 SMs): then every CTA takes the same number of whole tiles, no fix-up.
 """
 
 from __future__ import annotations
@@ -29,17 +29,22 @@ __all__ = [
     "stream_k_grid",
     "fits",
     "SLOT_EMPTY_BITS",
-    "TILE_ALIGNED_FILL",
+    "TILE_ALIGNED_SLACK",
 ]
 
 NUM_SMS_H100 = 132
 # fp32 bits of a stream-K workspace word that holds no partial (a negative NaN with a payload; GPU
 # arithmetic only ever writes the canonical NaN 0x7fffffff). See gemm_sm90_epilogue.
 SLOT_EMPTY_BITS = 0xFFC0DEAD
-# Stream-K would cut every tile in two when m_tiles * n_tiles is just under the wave (o and down at
-# M = 512 with 128x128 tiles: 128 tiles for 132 SMs): each CTA then parks or closes a 64 KB fp32
-# partial through L2 to save <= 3% of the chunks. Down to this fill a whole tile per CTA is cheaper.
-TILE_ALIGNED_FILL = 0.85
+# Whole-tile runs instead of the equal stream-K cut when they cost at most this many tiles more per
+# CTA. Stream-K cut every tile in two where m_tiles * n_tiles is just under the wave (o and down at
+# M = 512 with 128x128 tiles: 128 tiles, 132 SMs), each CTA parking or closing a 64 KB fp32 partial
+# through L2 to save 3% of the chunks (H100, bn128 per_step 2, two runs: o 35.0 -> 29.3 us, down
+# 110.8 -> 101.3 us with one tile per CTA). Its runs also start at scattered K offsets, so the CTAs
+# of a token tile stop sharing x chunks in L2; where x is larger than L2 that re-reads x from HBM
+# (70B down, K = 28672, 128x256 tiles: M = 1024 cut into 1.94 tiles per CTA took 972 us, M = 512 in
+# one tile per CTA 325 us).
+TILE_ALIGNED_SLACK = 0.15
 _BNS = (8, 16, 32, 64, 128, 256)
 
 
@@ -164,8 +169,9 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     total = n_tiles * (round_up(k, K_CHUNK) // K_CHUNK)
     m_tiles = -(-m // cfg.bn)
     wave = sms * cfg.ctas_per_sm
-    if TILE_ALIGNED_FILL * wave <= m_tiles * n_tiles <= wave:
-        return n_tiles, total, n_tiles  # one whole tile per CTA: no stream-K fix-up
+    per_cta = -(-m_tiles * n_tiles // wave)  # whole tiles per CTA in one wave
+    if n_tiles % per_cta == 0 and per_cta - m_tiles * n_tiles / wave <= TILE_ALIGNED_SLACK:
+        return n_tiles // per_cta, total, n_tiles  # whole tiles: no stream-K fix-up
     g = min(total, max(1, wave // m_tiles))  # grid <= one wave
     return g, total, n_tiles
 

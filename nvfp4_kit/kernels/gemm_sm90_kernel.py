@@ -21,8 +21,8 @@ Design (Hopper, swap-AB, mixed input):
      they stream in while the previous kernel finishes; x and every global write come after it.
   6. Stream-K: per token tile, the T = n_tiles * Kc (row tile, K chunk) pairs are cut into
      `grid.x` = G runs [c*T//G, (c+1)*T//G), one per CTA, so every SM streams the same number of
-     weight bytes (+-1 chunk) whatever N and K are (or G = n_tiles, one whole tile per CTA, when
-     the tiles nearly fill the wave: gemm_sm90_config). A CTA walks its run from high to low chunks.
+     weight bytes (+-1 chunk) whatever N and K are (or runs of whole tiles where they cost little
+     more: gemm_sm90_config). A CTA walks its run from high to low chunks.
      A row tile cut between CTAs is fixed up deterministically by its highest CTA, which waits at
      the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time

@@ -57,14 +57,19 @@ def test_stream_k_grid_covers_work_once(m, n, k):
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
 
 
-def test_tiles_that_nearly_fill_the_wave_get_one_cta_each():
+def test_whole_tile_runs_where_they_cost_little_more():
     cfg = GemmConfig(128, 2, 4, 1)  # 128 x 128 tiles, one CTA per SM
     # o / down at M = 512: 4 token tiles x 32 row tiles = 128 tiles for 132 SMs -> whole tiles
     assert stream_k_grid(512, 4096, 4096, cfg, sms=132) == (32, 32 * 32, 32)
     assert stream_k_grid(512, 4096, 14336, cfg, sms=132) == (32, 32 * 112, 32)
-    # below the fill threshold (64 of 132) or above the wave (192): stream-K as before
+    # 70B down, 128x256 tiles, M = 1024: 256 tiles -> 2 whole tiles per CTA (1.94 in stream-K)
+    wide = GemmConfig(256, 2, 3, 1, per_step=1)
+    assert stream_k_grid(1024, 8192, 28672, wide, sms=132) == (32, 64 * 224, 64)
+    # whole tiles would cost too much more: 64 of 132 SMs busy, 192 tiles (2 per CTA vs 1.45),
+    # 896 tiles (7 vs 6.79): stream-K as before
     assert stream_k_grid(256, 4096, 4096, cfg, sms=132) == (66, 32 * 32, 32)
     assert stream_k_grid(512, 6144, 4096, cfg, sms=132) == (33, 48 * 32, 48)
+    assert stream_k_grid(1024, 28672, 4096, wide, sms=132) == (33, 224 * 32, 224)
 
 
 def _piece_roles(c, total, grid, k_chunks):
