@@ -138,6 +138,8 @@ class GemmConfig:
 # The 256x128 prefill tile (mt 2) uses 4 stages of 50 KB; the 128x256 one (bn 256: each dequantized
 # weight feeds 256 tokens, half the dequant work per FLOP of 256x128) 3 stages of 73 KB; at bn 256
 # per_step 1 beat 0 by 4-10% at M = 512..4096 (gate_up M = 4096: 1356 / 1411 / 1506 us for p1 / p2 / p0).
+# bn 128 per_step 1 measured within 1-3% of per_step 2, the faster at most points of M = 128..1024
+# (H100, 2026-12-07); both stay candidates.
 COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
     (8, 1, 8, 2, 1),
     (16, 1, 7, 2, 1),
