@@ -84,10 +84,12 @@ def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
     elif layout == "sm90":
         from .kernels import gemm_sm90
 
-        check(out.dtype == torch.bfloat16, f"out_dtype: {out.dtype}; the SM90 kernel writes bfloat16")
+        if out.dtype != torch.bfloat16:
+            raise ValueError(f"out_dtype: {out.dtype}; the SM90 kernel writes bfloat16")
         if x_scale is not None:  # packed NVFP4 activations: e2m1*sf is exact in bf16
             x = reference.dequantize(x, x_scale).to(torch.bfloat16)
-        check(x.dtype == torch.bfloat16, f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
+        if x.dtype != torch.bfloat16:
+            raise ValueError(f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
         key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
         choice = dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, x.shape[0])
         gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config, prevalidated=True)
@@ -135,11 +137,12 @@ def _quantize_into(x, global_scale, layout, backend, out_packed, out_scale) -> N
     scale_layout = validate_quantize(x, global_scale, layout)
     m, k = x.shape
     check_tensor("out_packed", out_packed, dtypes=(torch.uint8,), device=x.device)
-    check(tuple(out_packed.shape) == (m, k // 2),
-           f"out_packed: shape {tuple(out_packed.shape)}, expected {(m, k // 2)}")
+    if tuple(out_packed.shape) != (m, k // 2):
+        raise ValueError(f"out_packed: shape {tuple(out_packed.shape)}, expected {(m, k // 2)}")
     check_tensor("out_scale", out_scale, dtypes=SCALE_DTYPES, device=x.device)
     expect = scale_shape(m, k, scale_layout)
-    check(tuple(out_scale.shape) == expect, f"out_scale: shape {tuple(out_scale.shape)}, expected {expect}")
+    if tuple(out_scale.shape) != expect:
+        raise ValueError(f"out_scale: shape {tuple(out_scale.shape)}, expected {expect}")
     out_scale = as_e4m3(out_scale)
     chosen = _quant_backend(backend, x)
     if chosen is Fp4QuantBackend.NVFP4_KIT:
@@ -346,8 +349,11 @@ def prepare_weight(w_packed, w_scale, weight_scale_2, input_scale=None, *, backe
 
 def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) bf16 -> (..., N) bf16 through the prepared weight; W4A4 quantizes x itself."""
-    check(isinstance(pw, PreparedWeight), f"pw: expected PreparedWeight, got {type(pw).__name__}")
-    check(x.shape[-1] == pw.k, f"x: last dim {x.shape[-1]} does not match the weight's K={pw.k}")
+    # per-call checks format their messages only on failure (validate.py)
+    if not isinstance(pw, PreparedWeight):
+        raise ValueError(f"pw: expected PreparedWeight, got {type(pw).__name__}")
+    if x.shape[-1] != pw.k:
+        raise ValueError(f"x: last dim {x.shape[-1]} does not match the weight's K={pw.k}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, pw.k)
     if not x2.is_contiguous():

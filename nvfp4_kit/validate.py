@@ -76,11 +76,13 @@ def validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None)
             raise ValueError(f"w_scale: shape {tuple(w_scale.shape)}, expected {(n, k // BLOCK_SIZE)}")
     if layout == "swizzled_128x4":  # trtllm_128x4 is row-shuffled by FlashInfer: checked there
         expect = scale_shape(n, k, ScaleLayout.SWIZZLED_128x4)
-        check(tuple(w_scale.shape) == expect, f"w_scale: shape {tuple(w_scale.shape)}, expected {expect}")
+        if tuple(w_scale.shape) != expect:
+            raise ValueError(f"w_scale: shape {tuple(w_scale.shape)}, expected {expect}")
     if x_scale is not None:
         act_layout = ScaleLayout.LINEAR if layout in ("linear", "sm90") else ScaleLayout.SWIZZLED_128x4
         expect = scale_shape(x.shape[0], k, act_layout)
-        check(tuple(x_scale.shape) == expect, f"x_scale: shape {tuple(x_scale.shape)}, expected {expect}")
+        if tuple(x_scale.shape) != expect:
+            raise ValueError(f"x_scale: shape {tuple(x_scale.shape)}, expected {expect}")
     check_tensor("alpha", alpha, dtypes=(torch.float32,), device=dev)
     if alpha.numel() not in (1, n):
         raise ValueError(f"alpha: {alpha.numel()} elements, expected 1 or N={n}")
@@ -95,10 +97,11 @@ def validate_gemm(x, x_scale, w, w_scale, alpha, layout, n, out_dtype, out=None)
 
 def validate_quantize(x, global_scale, layout) -> ScaleLayout:
     check_tensor("x", x, dtypes=FLOAT_ACTS, dim=2)
-    check(x.shape[1] % BLOCK_SIZE == 0, f"x: K={x.shape[1]} must be a multiple of {BLOCK_SIZE}")
+    if x.shape[1] % BLOCK_SIZE:
+        raise ValueError(f"x: K={x.shape[1]} must be a multiple of {BLOCK_SIZE}")
     check_tensor("global_scale", global_scale, dtypes=(torch.float32,), device=x.device)
-    check(global_scale.numel() == 1,
-          f"global_scale: expected 1 element, got shape {tuple(global_scale.shape)}")
+    if global_scale.numel() != 1:
+        raise ValueError(f"global_scale: expected 1 element, got shape {tuple(global_scale.shape)}")
     try:
         return ScaleLayout.parse(layout)
     except ValueError as exc:

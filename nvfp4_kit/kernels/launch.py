@@ -82,7 +82,7 @@ class Launcher:
     """A compiled kernel called with plain ints: ``launcher(addr_x, ..., m, n, ..., stream_handle)``.
 
     fn: the compiled function (``cute.compile`` or the compile cache); kinds: one of ARG_WORD /
-    ARG_I32 per runtime argument, in order; dsl_args: values -> the DSL argument objects of the same
+    ARG_I32 / ARG_U32 per runtime argument, in order; dsl_args: values -> the DSL argument objects of the same
     call (used once, to check the calling convention, and as the fallback path).
     """
 
