@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from nvfp4_kit import reference  # noqa: E402
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
-from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig, fits  # noqa: E402
+from nvfp4_kit.kernels.gemm_sm90_config import CLUSTER_SHAPES, COMPILED_SHAPES, GemmConfig, fits  # noqa: E402
 from nvfp4_kit.provenance import git_commit  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, event_time_us, interleaved_graph_times_us  # noqa: E402
 
@@ -101,15 +101,18 @@ def check(args) -> bool:
         (64, 1024, 14336),
         (300, 640, 512),
         (300, 1000, 512),
+        (200, 768, 1040),  # pairs of 128-row tiles (the 2-CTA cluster kernels), K not a chunk multiple
     ]
     for m, n, k in cases:
         q, w, s = make_weight(n, k)
         x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         for alpha in (torch.tensor([0.37], device="cuda"), torch.rand(n, device="cuda") + 0.5):
             ref = ref_f32(x, q, alpha)
-            for bn, wgs, stages, per_step, mt in COMPILED_SHAPES:
+            for bn, wgs, stages, per_step, mt, cluster in COMPILED_SHAPES + CLUSTER_SHAPES:
                 for ctas in (1, 3):
-                    cfg = GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, mt=mt)
+                    cfg = GemmConfig(
+                        bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, mt=mt, cluster=cluster
+                    )
                     if not fits(cfg, n):
                         continue
                     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
@@ -357,14 +360,19 @@ def merge(args) -> None:
 
 
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
-    """--configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt]];...": configs to time at each M ('*' = any)."""
+    """--configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt[,cluster]]];...": configs to time at each M
+    ('*' = any)."""
     out = []
     for item in spec.split(";"):
         ms, _, fields = item.partition(":")
         if ms in ("*", str(m)):
             bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in fields.split(","))
-            pdl, mt = (opt + [1, 1][len(opt) :])[:2]
-            out.append(GemmConfig(bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl, mt=mt))
+            pdl, mt, cluster = (opt + [1, 1, 1][len(opt) :])[:3]
+            out.append(
+                GemmConfig(
+                    bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster
+                )
+            )
     return out or [G.heuristic_config(m, 1, 1)]
 
 
@@ -470,7 +478,11 @@ def main() -> None:
     p.add_argument("--shapes", default="", help="comma list of " + ",".join(SHAPES))
     p.add_argument("--m", default="", help="comma list of M values (default 1..8192)")
     p.add_argument("--candidates", type=int, default=0, help="time the first N candidate configs")
-    p.add_argument("--configs", default="", help='explicit configs "M:bn,wgs,stages,per_step,ctas;..."')
+    p.add_argument(
+        "--configs",
+        default="",
+        help='explicit configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt[,cluster]]];..."',
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--table-out", default="", help="also write the per-M-bucket tuning table here")
     p.add_argument("--note", default="", help="merge: why these runs make one result (stored in the JSON)")

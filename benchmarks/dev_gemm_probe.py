@@ -35,7 +35,9 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
-    kern = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma, cfg.mt)
+    kern = Sm90W4A16Kernel(
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma, cfg.mt, cfg.cluster
+    )
     return cute.compile(kern, *G._compile_args())
 
 
@@ -43,7 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="28672x4096")
     p.add_argument("--m", type=int, default=1)
-    p.add_argument("--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt]];..."')
+    p.add_argument(
+        "--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]];..."'
+    )
     p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data only, 3, 4")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
@@ -54,8 +58,8 @@ def main() -> None:
             baselines(n, k)
         for spec in a.cfg.split(";"):
             bn, wgs, st, ps, c, *opt = (int(v) for v in spec.split(","))
-            pdl, mt = (opt + [1, 1][len(opt):])[:2]
-            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl, mt=mt)
+            pdl, mt, cluster = (opt + [1, 1, 1][len(opt):])[:3]
+            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl, mt=mt, cluster=cluster)
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync)

@@ -22,6 +22,7 @@ before reading x or writing anything, so any kernel may precede them.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import torch
@@ -75,7 +76,9 @@ def check_shape(n: int, k: int) -> None:
 def _kernel_for(cfg: GemmConfig):
     from .gemm_sm90_kernel import Sm90W4A16Kernel
 
-    return Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt)
+    return Sm90W4A16Kernel(
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster
+    )
 
 
 def _compile_args():
@@ -116,7 +119,7 @@ _fns: dict[tuple[int, ...], Launcher] = {}  # hot-path memo in front of compile_
 
 
 def _compiled(cfg: GemmConfig) -> Launcher:
-    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt)
+    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt, cfg.cluster)
     fn = _fns.get(shape)
     if fn is None:
         key = dict(cfg.compile_key, arch="sm_90a")
@@ -141,10 +144,13 @@ def precompile(arch: str, configs=None) -> list[str]:
             "CUTE_DSL_ARCH=sm_90a before importing cutlass"
         )
     if configs is None:
-        configs = [GemmConfig(bn, wgs, st, per_step=ps, mt=mt) for bn, wgs, st, ps, mt in COMPILED_SHAPES]
+        configs = [
+            GemmConfig(bn, wgs, st, per_step=ps, mt=mt, cluster=cl)
+            for bn, wgs, st, ps, mt, cl in COMPILED_SHAPES
+        ]
     seen: dict[str, GemmConfig] = {}
     for cfg in configs:
-        base = GemmConfig(cfg.bn, cfg.wgs, cfg.stages, 1, cfg.per_step, cfg.pdl, cfg.mt)
+        base = dataclasses.replace(cfg, ctas_per_sm=1)
         seen.setdefault(base.name.rsplit("_c", 1)[0], base)
     for cfg in seen.values():
         _compiled(cfg)
@@ -182,9 +188,9 @@ def _ws_elems(m: int, grid: int, cfg: GemmConfig) -> int:
 
 
 def _ws_bound(m_max: int, config: GemmConfig, sms: int) -> int:
-    """fp32 elements enough for every M <= m_max: m_tiles * G <= max(SMs * c, m_tiles)."""
+    """fp32 elements enough for every M <= m_max: m_tiles * grid.x <= max(SMs * c, m_tiles * cluster)."""
     m_tiles = -(-max(1, m_max) // config.bn)
-    return max(sms * config.ctas_per_sm, m_tiles) * config.bm * config.bn
+    return max(sms * config.ctas_per_sm, m_tiles * config.cluster) * config.bm * config.bn
 
 
 def workspace_bytes(m_max: int, n: int, config: GemmConfig, sms: int = NUM_SMS_H100) -> int:

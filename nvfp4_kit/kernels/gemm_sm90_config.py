@@ -9,6 +9,11 @@ into G = max(1, SMs * ctas_per_sm // m_tiles) equal runs, so the whole grid is o
 SMs * ctas_per_sm CTAs with the same number of weight chunks each, whatever M, N and K are. Except
 where runs of whole tiles cost each CTA at most TILE_ALIGNED_SLACK of a tile more than that equal
 cut (e.g. 128 tiles on 132 SMs): then every CTA takes the same number of whole tiles, no fix-up.
+With `cluster` 2 the unit of that cut is a pair of neighbouring row tiles, one per CTA of a 2-CTA
+cluster: both CTAs walk the same chunks of their own row tile and share the activation tile (each
+loads half of it by TMA multicast into both), so x crosses L2 once per 2 row tiles. The cluster
+kernels (CLUSTER_SHAPES) compile and are CPU-tested, but have not yet run on a GPU: no candidate list
+names them, so neither the heuristic nor the tuner picks them (benchmarks/notes_gemm.md, v11).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "NUM_SMS_H100",
     "GemmConfig",
     "COMPILED_SHAPES",
+    "CLUSTER_SHAPES",
     "candidate_configs",
     "heuristic_config",
     "stream_k_grid",
@@ -65,6 +71,10 @@ class GemmConfig:
     # halves the activation bytes each CTA pulls from L2 per FLOP (the prefill limit with mt 1);
     # its ~210 live registers per thread need setmaxnreg and the single-fragment schedule.
     mt: int = 1
+    # cluster 2 (prefill, not yet run on a GPU): CTA pairs on neighbouring row tiles of one token
+    # tile share each activation tile by TMA multicast, which halves x's L2 traffic per FLOP as mt 2
+    # does, with no larger tile (per_step and the register budget stay those of the 1-CTA kernel).
+    cluster: int = 1
 
     def __post_init__(self) -> None:
         if self.bn not in _BNS:
@@ -85,6 +95,10 @@ class GemmConfig:
             raise ValueError(f"mt={self.mt}: expected 1 or 2")
         if self.mt == 2 and (self.per_step != 0 or self.bn < 16):
             raise ValueError(f"{self.name}: mt=2 needs per_step=0 and bn >= 16 (register budget, wgmma)")
+        if self.cluster not in (1, 2):
+            raise ValueError(f"cluster={self.cluster}: expected 1 or 2")
+        if self.cluster == 2 and self.bn < 32:
+            raise ValueError(f"{self.name}: cluster=2 needs bn >= 32 (wgmma; decode shares little x)")
 
     @property
     def bm(self) -> int:
@@ -99,14 +113,14 @@ class GemmConfig:
     def name(self) -> str:
         return (
             f"bn{self.bn}_wg{self.wgs}{'_mt2' if self.mt == 2 else ''}_st{self.stages}_p{self.per_step}"
-            f"{'_pdl' if self.pdl else ''}"
+            f"{'_pdl' if self.pdl else ''}{'_cl2' if self.cluster == 2 else ''}"
             f"_c{self.ctas_per_sm}"
         )
 
     @property
     def compile_key(self) -> dict[str, int]:
         """The fields that change the compiled kernel (ctas_per_sm is a run-time argument)."""
-        return {
+        key = {
             "bn": self.bn,
             "wgs": self.wgs,
             "stages": self.stages,
@@ -114,6 +128,9 @@ class GemmConfig:
             "pdl": self.pdl,
             "mt": self.mt,
         }
+        if self.cluster != 1:  # absent for 1: cache keys of the 1-CTA kernels stay as they were
+            key["cluster"] = self.cluster
+        return key
 
     def to_dict(self) -> dict[str, int | str]:
         """The fields plus "name" (read by dispatch.describe(); checked, not needed, on load)."""
@@ -131,7 +148,8 @@ class GemmConfig:
         return cfg
 
 
-# The compiled kernel shapes (bn, wgs, stages, per_step, mt): what precompile() builds by default.
+# The shipped kernel shapes (bn, wgs, stages, per_step, mt, cluster): what precompile() builds by
+# default and the candidate lists name.
 # Stages keep a decode CTA under ~72 KB of shared memory (3 CTAs per SM, >= 100 KB of weights in
 # flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
 # bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
@@ -140,42 +158,55 @@ class GemmConfig:
 # per_step 1 beat 0 by 4-10% at M = 512..4096 (gate_up M = 4096: 1356 / 1411 / 1506 us for p1 / p2 / p0).
 # bn 128 per_step 1 measured within 1-3% of per_step 2, the faster at most points of M = 128..1024
 # (H100, 2026-12-07); both stay candidates.
-COMPILED_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
-    (8, 1, 8, 2, 1),
-    (16, 1, 7, 2, 1),
-    (32, 1, 5, 0, 1),
-    (32, 1, 5, 2, 1),
-    (64, 1, 4, 2, 1),
-    (128, 2, 4, 1, 1),
-    (128, 2, 4, 2, 1),
-    (128, 2, 4, 0, 2),
-    (256, 2, 3, 1, 1),
-    (256, 2, 3, 2, 1),
+COMPILED_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (8, 1, 8, 2, 1, 1),
+    (16, 1, 7, 2, 1, 1),
+    (32, 1, 5, 0, 1, 1),
+    (32, 1, 5, 2, 1, 1),
+    (64, 1, 4, 2, 1, 1),
+    (128, 2, 4, 1, 1, 1),
+    (128, 2, 4, 2, 1, 1),
+    (128, 2, 4, 0, 2, 1),
+    (256, 2, 3, 1, 1, 1),
+    (256, 2, 3, 2, 1, 1),
+)
+# 2-CTA cluster variants of the prefill shapes (TMA multicast of the activation tile). Compiled by
+# the CPU tests so they stay buildable, checked by `bench_gemm.py check` and the GPU tests, but not
+# yet run on a GPU (the seventh session got no device machine): not candidates until measured.
+CLUSTER_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (64, 1, 4, 2, 1, 2),
+    (128, 2, 4, 1, 1, 2),
+    (128, 2, 4, 2, 1, 2),
+    (256, 2, 3, 1, 1, 2),
 )
 
 
 def fits(cfg: GemmConfig, n: int) -> bool:
-    """Whether cfg's row tile divides N padded to ROW_PAD (the prepared weight's row count)."""
-    return round_up(n, ROW_PAD) % cfg.bm == 0
+    """Whether cfg's row tile (a pair of them with cluster 2) divides N padded to ROW_PAD (the
+    prepared weight's row count)."""
+    return round_up(n, ROW_PAD) % (cfg.bm * cfg.cluster) == 0
 
 
 def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H100) -> tuple[int, int, int]:
-    """(G CTAs per token tile, T = n_tiles * Kc chunks per token tile, n_tiles): CTA c streams
-    chunks [c*T//G, (c+1)*T//G); G <= T so none is empty, and m_tiles * G <= max(SMs*c, m_tiles)."""
+    """(grid.x, T, n_tiles) per token tile. With U = n_tiles / cluster scheduling units (row tiles,
+    or row-tile pairs) and T = U * Kc (unit, K chunk) pairs, run r of the G = grid.x / cluster runs
+    streams [r*T//G, (r+1)*T//G) (each CTA of its cluster on its own row tile of the unit); G <= T
+    so none is empty, and m_tiles * grid.x <= max(SMs*c, m_tiles * cluster)."""
     if not fits(cfg, n):
         raise ValueError(
             f"config {cfg.name}: N={n} (padded to {round_up(n, ROW_PAD)}) is not a multiple of its "
-            f"{cfg.bm}-row tile"
+            f"{cfg.bm * cfg.cluster}-row {'tile' if cfg.cluster == 1 else 'tile pair'}"
         )
     n_tiles = round_up(n, ROW_PAD) // cfg.bm
-    total = n_tiles * (round_up(k, K_CHUNK) // K_CHUNK)
+    units = n_tiles // cfg.cluster
+    total = units * (round_up(k, K_CHUNK) // K_CHUNK)
     m_tiles = -(-m // cfg.bn)
-    wave = sms * cfg.ctas_per_sm
-    per_cta = -(-m_tiles * n_tiles // wave)  # whole tiles per CTA in one wave
-    if n_tiles % per_cta == 0 and per_cta - m_tiles * n_tiles / wave <= TILE_ALIGNED_SLACK:
-        return n_tiles // per_cta, total, n_tiles  # whole tiles: no stream-K fix-up
+    wave = sms * cfg.ctas_per_sm // cfg.cluster  # runs (clusters) in one wave
+    per_run = -(-m_tiles * units // wave)  # whole units per run in one wave
+    if units % per_run == 0 and per_run - m_tiles * units / wave <= TILE_ALIGNED_SLACK:
+        return units // per_run * cfg.cluster, total, n_tiles  # whole tiles: no stream-K fix-up
     g = min(total, max(1, wave // m_tiles))  # grid <= one wave
-    return g, total, n_tiles
+    return g * cfg.cluster, total, n_tiles
 
 
 def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1) -> GemmConfig:

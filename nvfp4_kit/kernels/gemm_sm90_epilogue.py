@@ -18,6 +18,9 @@ done too.
 Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a counter cost ~5 us
 per decode kernel, the counter version of this order ~2.5 us.
 Workspace: (m_tiles, grid_x, bm * bn) fp32, one slot per CTA, all words SLOT_EMPTY_BITS at rest.
+With 2-CTA clusters a "CTA" above is a run (a cluster): its two CTAs hold pieces of the same
+chunks of their own row tiles, so each tile's pieces, parking and closing follow the run's, and
+slot (run, rank) is CTA run * 2 + rank's.
 """
 
 from __future__ import annotations
@@ -59,29 +62,37 @@ class EpilogueArgs(NamedTuple):
     n: Any
     k_chunks: Any
     total: Any
-    grid_x: Any
-    g_begin: Any  # first chunk of this CTA's run
+    runs: Any  # stream-K runs per token tile (grid.x / cluster)
+    g_begin: Any  # first (unit, chunk) index of this CTA's run
     nk: Any  # chunks in the run
     alpha_stride: Any
     wg: Any  # the 64-row block's row tile within the CTA (the consumer warpgroup when mt == 1)
     t: Any  # thread in the warpgroup
-    bid_x: Any
+    run: Any  # this CTA's run (blockIdx.x, or its cluster's index)
+    rank: Any  # CTA in the cluster (0 without clusters): row tile unit * cluster + rank
     bid_m: Any
     thr_mma: Any  # this thread's slice of the tiled MMA (accumulator coordinates)
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.row_tiles, self.hoist_alpha, self.skip_epilogue (set by the
-    kernel class). Each call handles one 64-row block's accumulator; epi.wg is that block's row
-    tile within the CTA."""
+    """Needs self.bn, self.bm, self.row_tiles, self.cluster, self.hoist_alpha, self.skip_epilogue
+    (set by the kernel class). Each call handles one 64-row block's accumulator; epi.wg is that
+    block's row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
     def _slot(self, c, epi):
-        """This thread's first fp32 of CTA c's workspace slot (its words are _WG * 4 bytes apart)."""
+        """This thread's first fp32 of run c's workspace slot for this CTA's rank (its words are
+        _WG * 4 bytes apart)."""
         e = epi
         nv = self.bm * self.bn // (_WG * self.row_tiles)
-        slot = (Int64(e.bid_m) * Int64(e.grid_x) + Int64(c)) * (self.bm * self.bn * 4)
+        cta = (Int64(e.bid_m) * Int64(e.runs) + Int64(c)) * self.cluster + Int64(e.rank)
+        slot = cta * (self.bm * self.bn * 4)
         return Int64(e.ws_addr) + slot + Int64(e.wg) * (nv * _WG * 4) + Int64(e.t) * 4
+
+    @cute.jit
+    def _first_row(self, tile, epi):
+        """First output row of this 64-row block of unit `tile`."""
+        return ((tile * self.cluster + epi.rank) * self.row_tiles + epi.wg) * ROW_TILE
 
     @cute.jit
     def flush(self, acc, g, epi):
@@ -94,7 +105,7 @@ class StreamKEpilogue:
         tile = g // e.k_chunks
         t0 = tile * e.k_chunks
         if t0 + e.k_chunks > e.g_begin + e.nk:
-            base = self._slot(e.bid_x, epi)
+            base = self._slot(e.run, epi)
             for v in cutlass.range_constexpr(cute.size(acc)):
                 st_relaxed_f32(base + v * _WG * 4, acc[v])
         else:
@@ -111,7 +122,7 @@ class StreamKEpilogue:
         tile = e.g_begin // e.k_chunks
         t0 = tile * e.k_chunks
         if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
-            c_first = ((t0 + 1) * e.grid_x - 1) // e.total  # the CTA owning the tile's chunk 0
+            c_first = ((t0 + 1) * e.runs - 1) // e.total  # the run owning the tile's chunk 0
             self.reduce(acc, tile, c_first, epi)
 
     @cute.jit
@@ -124,7 +135,7 @@ class StreamKEpilogue:
 
     @cute.jit
     def reduce(self, acc, tile, c_first, epi):
-        """out = sum of CTAs c_first..bid_x-1's parked partials (in CTA order) + acc, stored."""
+        """out = sum of runs c_first..run-1's parked partials (in run order) + acc, stored."""
         e = epi
         nv = cute.size(acc)
         coords = e.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
@@ -136,7 +147,7 @@ class StreamKEpilogue:
         origin = self.thread_origin(coords, tile, epi) if self.hoist_alpha else None
         for v0 in cutlass.range_constexpr(0, nv, grp):
             tot.fill(0.0)
-            for c0 in cutlass.range(c_first, e.bid_x, batch, unroll=1):
+            for c0 in cutlass.range(c_first, e.run, batch, unroll=1):
                 # Poll the whole batch until no word is empty: the peers finish about when we do,
                 # and re-polling word by word would cost a round trip per late word.
                 missing = self._load_batch(buf, c0, v0, grp, batch, epi)
@@ -147,7 +158,7 @@ class StreamKEpilogue:
                         trap()
                     missing = self._load_batch(buf, c0, v0, grp, batch, epi)
                 for b in cutlass.range_constexpr(batch):
-                    if c0 + b < e.bid_x:
+                    if c0 + b < e.run:
                         pc = self._slot(c0 + b, epi)
                         for j in cutlass.range_constexpr(grp):
                             tot[j] = tot[j] + buf[b * grp + j]
@@ -157,11 +168,11 @@ class StreamKEpilogue:
 
     @cute.jit
     def _load_batch(self, buf, c0, v0, grp, batch, epi):
-        """Load words v0..v0+grp of pieces c0..c0+batch-1 (past bid_x-1: that piece again, not
+        """Load words v0..v0+grp of pieces c0..c0+batch-1 (past run-1: that piece again, not
         summed); returns how many are still empty."""
         missing = Int32(0)
         for b in cutlass.range_constexpr(batch):
-            pc = self._slot(cutlass.min(c0 + b, epi.bid_x - 1), epi)
+            pc = self._slot(cutlass.min(c0 + b, epi.run - 1), epi)
             for j in cutlass.range_constexpr(grp):
                 buf[b * grp + j] = ld_relaxed_f32(pc + (v0 + j) * _WG * 4)
         for i in cutlass.range_constexpr(batch * grp):
@@ -180,7 +191,7 @@ class StreamKEpilogue:
         """
         e = epi
         r0, c0 = coords[0]
-        row0 = (tile * self.row_tiles + e.wg) * ROW_TILE + r0
+        row0 = self._first_row(tile, e) + r0
         tok0 = e.bid_m * self.bn + c0
         scales = []
         for d in (0, 8):
@@ -224,7 +235,7 @@ class StreamKEpilogue:
         kernel's hoist_alpha)."""
         e = epi
         r, c = coord
-        row = (tile * self.row_tiles + e.wg) * ROW_TILE + r
+        row = self._first_row(tile, e) + r
         tok = e.bid_m * self.bn + c
         if row < e.n:
             if tok < e.m:

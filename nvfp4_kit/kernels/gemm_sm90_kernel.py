@@ -27,6 +27,12 @@ Design (Hopper, swap-AB, mixed input):
      the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
      stride), RN to bf16; 2-byte stores (swap-AB puts tokens on the accumulator's N side).
+  8. 2-CTA clusters (`cluster` 2, prefill): the stream-K unit is a pair of neighbouring row tiles;
+     the cluster's CTAs walk the same run of chunks, each on its own row tile of the pair, and
+     each TMA-loads half of the shared activation tile, multicast into both CTAs' stage. A stage
+     is refilled only when the consumers of both CTAs have released it (each consumer warp arrives
+     on both CTAs' empty barriers), and a producer waits for every stage to be released before
+     its CTA exits, so no peer arrives on or writes into the shared memory of an exited CTA.
 
 Constraints: K % 16 == 0 (x row stride 16-byte aligned for TMA), x/out contiguous; W prepared by
 gemm_sm90_layout.prepare_weight (N padded to 128, K to 128). M, N, K and the grid are run time.
@@ -62,14 +68,16 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
-        sync_mma: bool | None = None, mt: int = 1,
+        sync_mma: bool | None = None, mt: int = 1, cluster: int = 1,
     ):
-        self.bn, self.wgs, self.stages, self.mt = bn, wgs, stages, mt
+        self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
         # measured 2-7% slower than wgmma on H100, benchmarks/notes_gemm.md)
         self.sync_mma = (bn == 8) if sync_mma is None else sync_mma
         if self.sync_mma and bn > 16:
             raise ValueError(f"bn={bn}: the mma.sync path serves bn 8 and 16")
+        if cluster not in (1, 2) or (cluster == 2 and self.sync_mma):
+            raise ValueError(f"cluster={cluster}: 1, or 2 on the wgmma path")
         self.pdl = pdl
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
@@ -128,8 +136,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         n: Int32,
         k: Int32,
         k_chunks: Int32,  # K_pad / 128
-        total: Int32,  # N_pad / bm * k_chunks: (row tile, K chunk) pairs per token tile
-        grid_x: Int32,  # G: stream-K runs (CTAs) per token tile, <= total
+        total: Int32,  # N_pad / (bm * cluster) * k_chunks: (unit, K chunk) pairs per token tile
+        grid_x: Int32,  # CTAs per token tile: cluster x G stream-K runs, G <= total
         alpha_stride: Int32,  # 0 for a scalar alpha, 1 per row
         stream,
     ):
@@ -139,8 +147,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             utils.LayoutEnum.ROW_MAJOR, (self.bm, self.bn, self.bk), BFloat16, self.stages
         )
         b_smem_one = cute.slice_(b_smem_staged, (None, None, 0))
+        if cutlass.const_expr(self.cluster > 1):
+            x_op = cpasync.CopyBulkTensorTileG2SMulticastOp()
+        else:
+            x_op = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom, tma_x = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileG2SOp(), mX, b_smem_one, (self.bn, self.bk)
+            x_op, mX, b_smem_one, (self.bn, self.bk), num_multicast=self.cluster
         )
 
         @cute.struct
@@ -171,6 +183,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         ).launch(
             grid=[grid_x, grid_y, 1],
             block=[self.num_threads, 1, 1],
+            cluster=[self.cluster, 1, 1] if self.cluster > 1 else None,
             stream=stream,
             use_pdl=self.pdl,
             # setmaxnreg only acts on a kernel with a register cap at entry (minctasm 1)
@@ -205,9 +218,17 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if warp_idx == self.producer_warp:
             cpasync.prefetch_descriptor(tma_atom)
 
-        # ---- this CTA's run of (row tile, K chunk) pairs, linear index g = tile * Kc + kc
-        g_begin = bid_x * total // grid_x
-        nk = (bid_x + 1) * total // grid_x - g_begin
+        # ---- this CTA's run of (unit, K chunk) pairs, linear index g = unit * Kc + kc; a unit is
+        # a row tile, or with clusters a pair of them: CTA `rank` of the cluster takes row tile
+        # unit * cluster + rank, over the same run as its peer
+        if cutlass.const_expr(self.cluster > 1):
+            run = bid_x // self.cluster
+            rank = bid_x - run * self.cluster
+            runs = grid_x // self.cluster
+        else:
+            run, rank, runs = bid_x, Int32(0), grid_x
+        g_begin = run * total // runs
+        nk = (run + 1) * total // runs - g_begin
         g_last = g_begin + nk - 1  # runs are walked from high to low chunks: step i is g_last - i
         if cutlass.const_expr(self.probe == 4):
             nk = Int32(0)
@@ -223,17 +244,19 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             barrier_storage=storage.bars.data_ptr(),
             num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.wgs),
+            # one arrival per consumer warp of every CTA that reads the stage's activations
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.wgs * self.cluster),
             tx_count=tx_bytes,
-            cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+            cta_layout_vmnk=cute.make_layout((1, self.cluster, 1, 1)),
             defer_sync=True,
         )
-        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1), is_relaxed=True)
-        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1))
+        # (clusters: the peer's barriers are initialized before anything multicasts into them)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(self.cluster, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(self.cluster, 1))
 
         if warp_idx >= self.producer_warp:
             producer_args = (
-                tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m
+                tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank
             )
             if cutlass.const_expr(self.realloc_registers):
                 cute.arch.setmaxregister_decrease(_PRODUCER_REGS)
@@ -255,13 +278,14 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 n=n,
                 k_chunks=k_chunks,
                 total=total,
-                grid_x=grid_x,
+                runs=runs,
                 g_begin=g_begin,
                 nk=nk,
                 alpha_stride=alpha_stride,
                 wg=wg,
                 t=t,
-                bid_x=bid_x,
+                run=run,
+                rank=rank,
                 bid_m=bid_m,
                 thr_mma=mma_acc.get_slice(t),
             )
@@ -271,14 +295,17 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 self.consume(mma_first, mma_acc, sB, x_pipe, sw_base, epi)
 
     @cute.jit
-    def produce(self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m):
-        """Producer warp: per chunk of the run (high to low), the activation tile by TMA and the
-        weight chunks of every row tile by bulk copy, into one pipeline stage."""
+    def produce(
+        self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank
+    ):
+        """Producer warp: per chunk of the run (high to low), the activation tile by TMA (with
+        clusters: this CTA's half of it, multicast to both) and the weight chunks of every row tile
+        by bulk copy, into one pipeline stage."""
         gX = cute.local_tile(tma_x, (self.bn, self.bk), (bid_m, None))  # (bn, bk, Kc)
         tXs, tXg = cpasync.tma_partition(
             tma_atom,
-            0,
-            cute.make_layout(1),
+            rank,
+            cute.make_layout(self.cluster),
             cute.group_modes(sB, 0, 2),
             cute.group_modes(gX, 0, 2),
         )
@@ -300,6 +327,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     w_addr,
                     s_addr,
                     k_chunks,
+                    rank,
                 )
                 prod.advance()
             cute.arch.griddepcontrol_wait()
@@ -307,29 +335,39 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             for i in cutlass.range(start, unroll=1):
                 g = g_last - i
                 kc = g - (g // k_chunks) * k_chunks
-                cute.copy(
-                    tma_atom,
-                    tXg[(None, kc)],
-                    tXs[(None, first.index)],
-                    tma_bar_ptr=x_pipe.producer_get_barrier(first),
-                )
+                bar = x_pipe.producer_get_barrier(first)
+                self.load_x(tma_atom, tXg[(None, kc)], tXs[(None, first.index)], bar)
                 first.advance()
         for i in cutlass.range(start, nk, unroll=1):
             g = g_last - i
             kc = g - (g // k_chunks) * k_chunks
             x_pipe.producer_acquire(prod)
             bar = x_pipe.producer_get_barrier(prod)
-            cute.copy(tma_atom, tXg[(None, kc)], tXs[(None, prod.index)], tma_bar_ptr=bar)
-            self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks)
+            self.load_x(tma_atom, tXg[(None, kc)], tXs[(None, prod.index)], bar)
+            self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks, rank)
             x_pipe.producer_commit(prod)
             prod.advance()
+        if cutlass.const_expr(self.cluster > 1):
+            # every stage released by both CTAs' consumers: no peer arrival or multicast is still
+            # headed for this CTA's shared memory when it exits
+            x_pipe.producer_tail(prod)
 
     @cute.jit
-    def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks):
+    def load_x(self, tma_atom, src, dst, bar):
+        """The activation tile of one stage by TMA; with clusters this CTA's half, into both CTAs."""
+        if cutlass.const_expr(self.cluster > 1):
+            both = cutlass.Int16((1 << self.cluster) - 1)
+            cute.copy(tma_atom, src, dst, tma_bar_ptr=bar, mcast_mask=both)
+        else:
+            cute.copy(tma_atom, src, dst, tma_bar_ptr=bar)
+
+    @cute.jit
+    def load_weights(self, bar, stage, g, sw_base, w_addr, s_addr, k_chunks, rank):
         """Bulk-copy chunk g's packed weights (4 KB) and scale codes (512 B) of each of the CTA's
         64-row tiles into pipeline stage `stage` (contiguous in gemm_sm90_layout's order)."""
-        tile = g // k_chunks
-        kc = g - tile * k_chunks
+        unit = g // k_chunks
+        kc = g - unit * k_chunks
+        tile = unit * self.cluster + rank
         dst = sw_base + stage * self.w_stage_bytes
         with cute.arch.elect_one():
             for j in cutlass.range_constexpr(self.row_tiles):
@@ -449,6 +487,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     warpgroup.wait_group(0)
                     self.flush_blocks(accs, g, epis)
         warpgroup.wait_group(0)
+        if cutlass.const_expr(self.cluster > 1):
+            if nk > 0:  # the last chunk's stage too: the producers' tails wait for it
+                x_pipe.consumer_release(release)
         for acc, e in zip(accs, epis, strict=True):
             self.finish(acc, e)
 

@@ -6,7 +6,13 @@ import torch
 
 from nvfp4_kit import reference
 from nvfp4_kit.kernels import gemm_sm90 as G
-from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, GemmConfig, stream_k_grid
+from nvfp4_kit.kernels.gemm_sm90_config import (
+    CLUSTER_SHAPES,
+    COMPILED_SHAPES,
+    GemmConfig,
+    fits,
+    stream_k_grid,
+)
 
 cutlass = pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl not installed")
 
@@ -27,6 +33,12 @@ def test_config_dict_round_trip_and_validation():
     for bad in ({"mt": 3}, {"mt": 2, "per_step": 2}, {"mt": 2, "bn": 8, "per_step": 0}):
         with pytest.raises(ValueError, match="mt"):
             GemmConfig(**bad)
+    pair = GemmConfig(128, 2, 4, 1, cluster=2)
+    assert pair.name == "bn128_wg2_st4_p2_pdl_cl2_c1" and GemmConfig.from_dict(pair.to_dict()) == pair
+    assert pair.compile_key["cluster"] == 2 and "cluster" not in GemmConfig(128, 2, 4, 1).compile_key
+    for bad in ({"cluster": 3}, {"cluster": 2, "bn": 16}):
+        with pytest.raises(ValueError, match="cluster"):
+            GemmConfig(**bad)
 
 
 def test_row_tile_must_divide_padded_n():
@@ -37,23 +49,40 @@ def test_row_tile_must_divide_padded_n():
         stream_k_grid(1024, 320, 4096, big)
     assert all(c.mt == 1 for c in G.candidate_configs(1024, 320, 4096))
     assert any(c.mt == 2 for c in G.candidate_configs(1024, 4096, 4096))
+    # a 2-CTA cluster needs a pair of row tiles: 128-row tiles, N padded to 384 -> 3 tiles, no pair
+    pair = GemmConfig(128, 2, 4, 1, cluster=2)
+    assert stream_k_grid(1024, 4096, 4096, pair)[2] == 32
+    with pytest.raises(ValueError, match="tile pair"):
+        stream_k_grid(1024, 320, 4096, pair)
+
+
+def _cluster_configs(ctas_per_sm: int = 1) -> list[GemmConfig]:
+    return [
+        GemmConfig(bn, wgs, st, ctas_per_sm, per_step=ps, mt=mt, cluster=cl)
+        for bn, wgs, st, ps, mt, cl in CLUSTER_SHAPES
+    ]
 
 
 @pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 512, 1000, 8192])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
 def test_stream_k_grid_covers_work_once(m, n, k):
-    for cfg in G.candidate_configs(m, n, k):
-        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.mt) in COMPILED_SHAPES
+    clusters = [c for c in _cluster_configs(1) + _cluster_configs(2) if fits(c, n)]
+    assert all(c.cluster == 1 for c in G.candidate_configs(m, n, k))  # clusters: not yet measured
+    for cfg in G.candidate_configs(m, n, k) + clusters:
+        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.mt, cfg.cluster) in COMPILED_SHAPES + CLUSTER_SHAPES
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
-        assert total == n_tiles * (-(-k // 128)) and 1 <= grid <= total  # no empty CTA
-        starts = [c * total // grid for c in range(grid + 1)]
+        assert grid % cfg.cluster == 0 and n_tiles % cfg.cluster == 0
+        runs = grid // cfg.cluster  # a run is one CTA, or one 2-CTA cluster on a row-tile pair
+        assert total == n_tiles // cfg.cluster * (-(-k // 128)) and 1 <= runs <= total  # no empty CTA
+        starts = [c * total // runs for c in range(runs + 1)]
         assert starts[0] == 0 and starts[-1] == total  # runs tile [0, total)
-        lengths = [starts[c + 1] - starts[c] for c in range(grid)]
+        lengths = [starts[c + 1] - starts[c] for c in range(runs)]
         assert max(lengths) - min(lengths) <= 1  # balanced to one chunk
         for g in range(0, total, max(1, total // 97)):  # the kernel's owner formula
-            c = ((g + 1) * grid - 1) // total
+            c = ((g + 1) * runs - 1) // total
             assert starts[c] <= g < starts[c + 1]
-        assert grid * -(-m // cfg.bn) <= max(132 * cfg.ctas_per_sm, -(-m // cfg.bn))  # <= 1 wave
+        m_tiles = -(-m // cfg.bn)
+        assert grid * m_tiles <= max(132 * cfg.ctas_per_sm, m_tiles * cfg.cluster)  # <= 1 wave
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
 
 
@@ -70,6 +99,11 @@ def test_whole_tile_runs_where_they_cost_little_more():
     assert stream_k_grid(256, 4096, 4096, cfg, sms=132) == (66, 32 * 32, 32)
     assert stream_k_grid(512, 6144, 4096, cfg, sms=132) == (33, 48 * 32, 48)
     assert stream_k_grid(1024, 28672, 4096, wide, sms=132) == (33, 224 * 32, 224)
+    # clusters cut row-tile pairs over 66 two-CTA runs: o at M = 512, 64 pairs -> whole pairs;
+    # qkv at M = 512, 96 pairs on 66 runs -> stream-K over 16 runs per token tile (32 CTAs)
+    pair = GemmConfig(128, 2, 4, 1, cluster=2)
+    assert stream_k_grid(512, 4096, 4096, pair, sms=132) == (32, 16 * 32, 32)
+    assert stream_k_grid(512, 6144, 4096, pair, sms=132) == (32, 24 * 32, 48)
 
 
 def _piece_roles(c, total, grid, k_chunks):
@@ -125,6 +159,12 @@ def test_every_config_compiles_for_sm90a():
     assert len(keys) == len(COMPILED_SHAPES)
 
 
+def test_cluster_configs_compile_for_sm90a():
+    """The 2-CTA cluster kernels (TMA multicast) are not shipped candidates yet; they must still build."""
+    keys = G.precompile("sm_90a", _cluster_configs())
+    assert len(keys) == len(CLUSTER_SHAPES) and all("_cl2" in key for key in keys)
+
+
 def test_check_shape():
     G.check_shape(4096, 4096)
     G.check_shape(200, 272)
@@ -159,6 +199,10 @@ def test_workspace_bytes_bounds_every_m():
     need = G.workspace_bytes(64, 4096, cfg)
     for m in range(1, 65):
         assert 4 * G._ws_need(m, 4096, 4096, cfg, 132) <= need
+    for cfg in (GemmConfig(128, 2, 4, 1, cluster=2), GemmConfig(64, 1, 4, 2, cluster=2)):
+        need = G.workspace_bytes(8192, 4096, cfg)
+        for m in (1, 65, 200, 512, 1000, 4096, 8192):
+            assert 4 * G._ws_need(m, 4096, 4096, cfg, 132) <= need
 
 
 # ------------------------------------------------------------------------------------ GPU
@@ -198,10 +242,10 @@ def test_gpu_matches_reference(m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n,k", [(4096, 4096), (640, 1040), (200, 272)])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (640, 1040), (768, 1040), (200, 272)])
 @pytest.mark.parametrize("m", [199, 300, 1000])
 def test_gpu_prefill_configs_match_reference(m, n, k):
-    """Every prefill candidate (128x128, 256x128, 128x256 tiles) at odd M and N, both alphas."""
+    """Every prefill candidate (128x128, 256x128, 128x256 tiles) at odd M, N and K, both alphas."""
     torch.backends.cuda.matmul.allow_tf32 = False
     q, w, s, x = _case(m, n, k)
     cfgs = G.candidate_configs(m, n, k)
@@ -209,6 +253,24 @@ def test_gpu_prefill_configs_match_reference(m, n, k):
     for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
         ref = _ref(x, q, alpha)
         for cfg in cfgs:
+            out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+            G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+            _assert_close_to_reference(out, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(4096, 4096), (768, 1040), (6144, 4096)])
+@pytest.mark.parametrize("m", [64, 199, 300, 1000])
+def test_gpu_cluster_configs_match_reference(m, n, k):
+    """2-CTA cluster kernels (each CTA of a pair multicasts half the activation tile into both;
+    stream-K over row-tile pairs) against the reference, both alphas, 1 and 2 CTAs per SM."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    q, w, s, x = _case(m, n, k)
+    for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
+        ref = _ref(x, q, alpha)
+        for cfg in _cluster_configs(1) + _cluster_configs(2):
+            if not fits(cfg, n):
+                continue
             out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
             G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
             _assert_close_to_reference(out, ref)
@@ -264,6 +326,9 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
     # 256-row tiles, two 64-row blocks per warpgroup, each parked and closed on its own
     cases += [(_case(300, 4096, 4096, seed=3), GemmConfig(128, 2, 4, 2, per_step=0, mt=2))]
     cases += [(_case(600, 4096, 4096, seed=4), GemmConfig(256, 2, 3, 1, per_step=1))]  # 128x256
+    # 2-CTA clusters: both CTAs of a run park and close pieces of their own row tiles
+    cases += [(_case(300, 6144, 4096, seed=5), GemmConfig(128, 2, 4, 1, cluster=2))]
+    cases += [(_case(600, 4096, 4096, seed=6), GemmConfig(256, 2, 3, 1, per_step=1, cluster=2))]
     first = []
     for rnd in range(2):
         for i, ((q, w, s, x), cfg) in enumerate(cases):
