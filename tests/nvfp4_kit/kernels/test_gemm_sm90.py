@@ -73,7 +73,7 @@ def test_stream_k_grid_covers_work_once(m, n, k):
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
         assert grid % cfg.cluster == 0 and n_tiles % cfg.cluster == 0
         runs = grid // cfg.cluster  # a run is one CTA, or one 2-CTA cluster on a row-tile pair
-        assert total == n_tiles // cfg.cluster * (-(-k // 128)) and 1 <= runs <= total  # no empty CTA
+        assert total == n_tiles // cfg.cluster * (-(-k // 128)) and 1 <= runs <= total  # no empty run
         starts = [c * total // runs for c in range(runs + 1)]
         assert starts[0] == 0 and starts[-1] == total  # runs tile [0, total)
         lengths = [starts[c + 1] - starts[c] for c in range(runs)]
@@ -242,10 +242,10 @@ def test_gpu_matches_reference(m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n,k", [(4096, 4096), (640, 1040), (768, 1040), (200, 272)])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (640, 1040), (200, 272)])
 @pytest.mark.parametrize("m", [199, 300, 1000])
 def test_gpu_prefill_configs_match_reference(m, n, k):
-    """Every prefill candidate (128x128, 256x128, 128x256 tiles) at odd M, N and K, both alphas."""
+    """Every prefill candidate (128x128, 256x128, 128x256 tiles) at odd M and N, both alphas."""
     torch.backends.cuda.matmul.allow_tf32 = False
     q, w, s, x = _case(m, n, k)
     cfgs = G.candidate_configs(m, n, k)
