@@ -39,7 +39,7 @@ from .gemm_sm90_config import (
     stream_k_grid,
 )
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, padded_shape, prepare_weight, unprepare_weight
-from .launch import ARG_I32, ARG_WORD, Launcher, current_stream_handle, on_device
+from .launch import ARG_I32, ARG_WORD, Launcher
 
 __all__ = [
     "LAYOUT",
@@ -306,22 +306,19 @@ def gemm_w4a16_out(
     sms = _sms(device)
     grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
     ws = _workspace(device, _ws_elems(m, grid, cfg))
-    launch = _compiled(cfg)
-    index = device.index
-    with on_device(index):
-        launch(
-            x.data_ptr(),
-            w.data_ptr(),
-            w_scale.data_ptr(),
-            alpha.data_ptr(),
-            out.data_ptr(),
-            ws.data_ptr(),
-            m,
-            n,
-            k,
-            -(-k // K_CHUNK),
-            total,
-            grid,
-            0 if alpha.numel() == 1 else 1,
-            current_stream_handle(index),
-        )
+    _compiled(cfg).on_current_stream(
+        device.index,
+        x.data_ptr(),
+        w.data_ptr(),
+        w_scale.data_ptr(),
+        alpha.data_ptr(),
+        out.data_ptr(),
+        ws.data_ptr(),
+        m,
+        n,
+        k,
+        -(-k // K_CHUNK),
+        total,
+        grid,
+        0 if alpha.numel() == 1 else 1,
+    )

@@ -130,6 +130,12 @@ class Launcher:
             obj.value = value
         self.fn.run_compiled_program(addrs)
 
+    def on_current_stream(self, device_index: int, *values: int) -> None:
+        """Launch on torch's current stream of device `device_index` (the kernel's last argument,
+        appended here), in that device's CUDA context."""
+        with on_device(device_index):
+            self(*values, current_stream_handle(device_index))
+
 
 class _SameDevice:
     def __enter__(self) -> None:

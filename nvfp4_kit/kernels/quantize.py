@@ -30,7 +30,7 @@ import torch
 
 from ..formats import BLOCK_SIZE, ScaleLayout, scale_shape
 from . import compile_cache
-from .launch import ARG_I32, ARG_U32, ARG_WORD, Launcher, current_stream_handle, on_device
+from .launch import ARG_I32, ARG_U32, ARG_WORD, Launcher
 
 __all__ = [
     "quantize_out",
@@ -266,10 +266,8 @@ def quantize_out(x: torch.Tensor, global_scale: torch.Tensor, layout: str | Scal
     cfg = config or select_config(m, k)
     fn = _get("quantize", x.dtype == torch.float16, swizzled, cfg)
     mul, shift = _magic(kb)
-    index = x.device.index
-    with on_device(index):
-        fn(x.data_ptr(), global_scale.data_ptr(), out_packed.data_ptr(), out_scale.data_ptr(), m, kb,
-           mul, shift, current_stream_handle(index))
+    fn.on_current_stream(x.device.index, x.data_ptr(), global_scale.data_ptr(), out_packed.data_ptr(),
+                         out_scale.data_ptr(), m, kb, mul, shift)
 
 
 def quantize_dequantize_out(x: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor,
@@ -282,10 +280,8 @@ def quantize_dequantize_out(x: torch.Tensor, global_scale: torch.Tensor, out: to
         return
     cfg = config or select_config(m, k)
     fn = _get("qdq", x.dtype == torch.float16, False, cfg)
-    index = x.device.index
-    with on_device(index):
-        fn(x.data_ptr(), global_scale.data_ptr(), out.data_ptr(), m * (k // BLOCK_SIZE),
-           current_stream_handle(index))
+    fn.on_current_stream(x.device.index, x.data_ptr(), global_scale.data_ptr(), out.data_ptr(),
+                         m * (k // BLOCK_SIZE))
 
 
 def global_scale_out(x: torch.Tensor, out: torch.Tensor, config=None) -> None:
@@ -298,9 +294,7 @@ def global_scale_out(x: torch.Tensor, out: torch.Tensor, config=None) -> None:
         raise ValueError("x: M=0 has no amax")
     cfg = config or _AMAX
     fn = _get("amax", x.dtype == torch.float16, False, cfg)
-    index = x.device.index
-    with on_device(index):
-        fn(x.data_ptr(), out.data_ptr(), m * (k // BLOCK_SIZE), current_stream_handle(index))
+    fn.on_current_stream(x.device.index, x.data_ptr(), out.data_ptr(), m * (k // BLOCK_SIZE))
 
 
 def precompile(arch: str) -> list[str]:

@@ -106,6 +106,16 @@ def test_unknown_argument_kind_is_named():
         Launcher(_FakeCompiled("w"), "wx", lambda values: values)
 
 
+def test_on_current_stream_appends_the_stream_handle(monkeypatch):
+    kinds = ARG_WORD + ARG_I32 + ARG_WORD
+    fn = _FakeCompiled(kinds)
+    monkeypatch.setattr(launch.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch, "current_stream_handle", lambda index: 0x5000 + index)
+    Launcher(fn, kinds, lambda values: tuple(values)).on_current_stream(0, 0x7F00, 9)
+    assert fn.fast_calls == [[(0x7F00).to_bytes(8, "little"), (9).to_bytes(4, "little"),
+                              (0x5000).to_bytes(8, "little")]]
+
+
 def test_on_device_switches_only_for_another_device(monkeypatch):
     monkeypatch.setattr(launch.torch.cuda, "current_device", lambda: 0)
     switched = []
