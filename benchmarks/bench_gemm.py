@@ -108,11 +108,9 @@ def check(args) -> bool:
         x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         for alpha in (torch.tensor([0.37], device="cuda"), torch.rand(n, device="cuda") + 0.5):
             ref = ref_f32(x, q, alpha)
-            for bn, wgs, stages, per_step, mt, cluster in COMPILED_SHAPES + CLUSTER_SHAPES:
+            for shape in COMPILED_SHAPES + CLUSTER_SHAPES:
                 for ctas in (1, 3):
-                    cfg = GemmConfig(
-                        bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, mt=mt, cluster=cluster
-                    )
+                    cfg = GemmConfig.from_shape(shape, ctas)
                     if not fits(cfg, n):
                         continue
                     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")

@@ -144,10 +144,7 @@ def precompile(arch: str, configs=None) -> list[str]:
             "CUTE_DSL_ARCH=sm_90a before importing cutlass"
         )
     if configs is None:
-        configs = [
-            GemmConfig(bn, wgs, st, per_step=ps, mt=mt, cluster=cl)
-            for bn, wgs, st, ps, mt, cl in COMPILED_SHAPES
-        ]
+        configs = [GemmConfig.from_shape(shape) for shape in COMPILED_SHAPES]
     seen: dict[str, GemmConfig] = {}
     for cfg in configs:
         base = dataclasses.replace(cfg, ctas_per_sm=1)

@@ -136,6 +136,16 @@ class GemmConfig:
         """The fields plus "name" (read by dispatch.describe(); checked, not needed, on load)."""
         return {**dataclasses.asdict(self), "name": self.name}
 
+    @property
+    def shape(self) -> tuple[int, int, int, int, int, int]:
+        """(bn, wgs, stages, per_step, mt, cluster): its COMPILED_SHAPES / CLUSTER_SHAPES entry."""
+        return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster)
+
+    @classmethod
+    def from_shape(cls, shape: tuple[int, int, int, int, int, int], ctas_per_sm: int = 1) -> GemmConfig:
+        bn, wgs, stages, per_step, mt, cluster = shape
+        return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster)
+
     @classmethod
     def from_dict(cls, d: dict) -> GemmConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -211,7 +221,7 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
 
 def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1) -> GemmConfig:
     shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4]) == (bn, per_step, mt))
-    return GemmConfig(shape[0], shape[1], shape[2], ctas_per_sm=ctas, per_step=per_step, mt=mt)
+    return GemmConfig.from_shape(shape, ctas)
 
 
 # Per M bucket: the configs the tuner times (first = untuned default), as (bn, per_step,

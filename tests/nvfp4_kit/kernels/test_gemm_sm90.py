@@ -57,10 +57,7 @@ def test_row_tile_must_divide_padded_n():
 
 
 def _cluster_configs(ctas_per_sm: int = 1) -> list[GemmConfig]:
-    return [
-        GemmConfig(bn, wgs, st, ctas_per_sm, per_step=ps, mt=mt, cluster=cl)
-        for bn, wgs, st, ps, mt, cl in CLUSTER_SHAPES
-    ]
+    return [GemmConfig.from_shape(shape, ctas_per_sm) for shape in CLUSTER_SHAPES]
 
 
 @pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 512, 1000, 8192])
@@ -69,7 +66,7 @@ def test_stream_k_grid_covers_work_once(m, n, k):
     clusters = [c for c in _cluster_configs(1) + _cluster_configs(2) if fits(c, n)]
     assert all(c.cluster == 1 for c in G.candidate_configs(m, n, k))  # clusters: not yet measured
     for cfg in G.candidate_configs(m, n, k) + clusters:
-        assert (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.mt, cfg.cluster) in COMPILED_SHAPES + CLUSTER_SHAPES
+        assert cfg.shape in COMPILED_SHAPES + CLUSTER_SHAPES
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
         assert grid % cfg.cluster == 0 and n_tiles % cfg.cluster == 0
         runs = grid // cfg.cluster  # a run is one CTA, or one 2-CTA cluster on a row-tile pair
