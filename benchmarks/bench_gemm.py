@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from nvfp4_kit import reference  # noqa: E402
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
-from nvfp4_kit.kernels.gemm_sm90_config import CLUSTER_SHAPES, COMPILED_SHAPES, GemmConfig, fits  # noqa: E402
+from nvfp4_kit.kernels.gemm_sm90_config import COMPILED_SHAPES, EXPERIMENTAL_SHAPES, GemmConfig, fits  # noqa: E402
 from nvfp4_kit.provenance import git_commit  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, event_time_us, interleaved_graph_times_us  # noqa: E402
 
@@ -108,7 +108,7 @@ def check(args) -> bool:
         x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         for alpha in (torch.tensor([0.37], device="cuda"), torch.rand(n, device="cuda") + 0.5):
             ref = ref_f32(x, q, alpha)
-            for shape in COMPILED_SHAPES + CLUSTER_SHAPES:
+            for shape in COMPILED_SHAPES + EXPERIMENTAL_SHAPES:
                 for ctas in (1, 3):
                     cfg = GemmConfig.from_shape(shape, ctas)
                     if not fits(cfg, n):

@@ -11,9 +11,10 @@ where runs of whole tiles cost each CTA at most TILE_ALIGNED_SLACK of a tile mor
 cut (e.g. 128 tiles on 132 SMs): then every CTA takes the same number of whole tiles, no fix-up.
 With `cluster` 2 the unit of that cut is a pair of neighbouring row tiles, one per CTA of a 2-CTA
 cluster: both CTAs walk the same chunks of their own row tile and share the activation tile (each
-loads half of it by TMA multicast into both), so x crosses L2 once per 2 row tiles. The cluster
-kernels (CLUSTER_SHAPES) compile and are CPU-tested, but have not yet run on a GPU: no candidate list
-names them, so neither the heuristic nor the tuner picks them (benchmarks/notes_gemm.md, v11).
+loads half of it by TMA multicast into both), so x crosses L2 once per 2 row tiles. On H100 that
+pays at M = 33..128 with the 64x64 tile (bn64 cl2: 22.0 vs 24.2 us on down M = 64) and not for the
+128x128 / 128x256 prefill tiles (L2 bytes -31..-35%, time +-2%: L2 is not what limits them), which
+stay EXPERIMENTAL_SHAPES (benchmarks/notes_gemm.md, v12).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = [
     "NUM_SMS_H100",
     "GemmConfig",
     "COMPILED_SHAPES",
-    "CLUSTER_SHAPES",
+    "EXPERIMENTAL_SHAPES",
     "candidate_configs",
     "heuristic_config",
     "stream_k_grid",
@@ -138,7 +139,7 @@ class GemmConfig:
 
     @property
     def shape(self) -> tuple[int, int, int, int, int, int]:
-        """(bn, wgs, stages, per_step, mt, cluster): its COMPILED_SHAPES / CLUSTER_SHAPES entry."""
+        """(bn, wgs, stages, per_step, mt, cluster): its COMPILED_SHAPES / EXPERIMENTAL_SHAPES entry."""
         return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster)
 
     @classmethod
@@ -174,17 +175,19 @@ COMPILED_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (32, 1, 5, 0, 1, 1),
     (32, 1, 5, 2, 1, 1),
     (64, 1, 4, 2, 1, 1),
+    (64, 1, 4, 2, 1, 2),
     (128, 2, 4, 1, 1, 1),
     (128, 2, 4, 2, 1, 1),
     (128, 2, 4, 0, 2, 1),
     (256, 2, 3, 1, 1, 1),
     (256, 2, 3, 2, 1, 1),
 )
-# 2-CTA cluster variants of the prefill shapes (TMA multicast of the activation tile). Compiled by
-# the CPU tests so they stay buildable, checked by `bench_gemm.py check` and the GPU tests, but not
-# yet run on a GPU (the seventh session got no device machine): not candidates until measured.
-CLUSTER_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (64, 1, 4, 2, 1, 2),
+# Built and checked (CPU compile tests, `bench_gemm.py check`, the GPU tests) but in no candidate
+# list: the 2-CTA cluster variants of the prefill tiles. They cut L2 traffic as designed (ncu
+# lts__t_bytes: gate_up M = 4096 bn256 9.03 -> 6.49 GB, qkv M = 512 bn128 323 -> 210 MB) and ran no
+# faster (1.28 vs 1.26 ms, 60.4 vs 60.3 us; best cluster config against best 1-CTA config: -1.3..+3.8%
+# over the 24 points qkv/o/gate_up/down x M = 128..4096; H100, benchmarks/notes_gemm.md v12).
+EXPERIMENTAL_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (128, 2, 4, 1, 1, 2),
     (128, 2, 4, 2, 1, 2),
     (256, 2, 3, 1, 1, 2),
@@ -219,19 +222,21 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     return g * cfg.cluster, total, n_tiles
 
 
-def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1) -> GemmConfig:
-    shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4]) == (bn, per_step, mt))
+def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1) -> GemmConfig:
+    shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4], s[5]) == (bn, per_step, mt, cluster))
     return GemmConfig.from_shape(shape, ctas)
 
 
 # Per M bucket: the configs the tuner times (first = untuned default), as (bn, per_step,
-# ctas_per_sm[, mt]). Decode buckets vary the stream-K width; prefill buckets the token tile.
+# ctas_per_sm[, mt[, cluster]]). Decode buckets vary the stream-K width; prefill buckets the token
+# tile. bn64 cl2 (2-CTA cluster sharing the activation tile) beat bn64 at M = 64 on qkv / o / down
+# (12.7 / 10.7 / 22.0 vs 12.9 / 10.9 / 24.2 us, H100), and bn 32 at M = 32 did not.
 _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     8: ((8, 2, 2), (8, 2, 3), (8, 2, 4), (16, 2, 3)),
     16: ((16, 2, 3), (16, 2, 2), (8, 2, 2)),
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
-    64: ((64, 2, 2), (32, 0, 3), (128, 2, 1)),
-    128: ((128, 2, 1), (128, 1, 1), (64, 2, 2), (128, 0, 1, 2), (32, 0, 3)),
+    64: ((64, 2, 2, 1, 2), (64, 2, 2), (32, 0, 3), (128, 2, 1), (64, 2, 1, 1, 2)),
+    128: ((128, 2, 1), (64, 2, 2, 1, 2), (128, 1, 1), (64, 2, 2), (128, 0, 1, 2), (32, 0, 3)),
     1024: ((128, 2, 1), (256, 1, 1), (128, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
     8192: ((256, 1, 1), (256, 2, 1), (128, 1, 1), (128, 0, 1, 2), (128, 2, 1)),
 }
@@ -247,6 +252,6 @@ def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
 @functools.lru_cache(maxsize=4096)  # eager calls without a config ask per call (~25 us to build)
 def heuristic_config(m: int, n: int, k: int) -> GemmConfig:
     """Untuned default (H100 measurements): bn8 (mma.sync) with 2 and bn16 with 3 stream-K CTAs
-    per SM for decode, bn32 per_step 0 for M <= 32, bn64 for M <= 64, 128x128 tiles with one CTA
-    per SM up to M = 1024, then the 128x256 tile (bn 256, per_step 1)."""
+    per SM for decode, bn32 per_step 0 for M <= 32, bn64 in 2-CTA clusters (2 per SM) for M <= 64,
+    128x128 tiles with one CTA per SM up to M = 1024, then the 128x256 tile (bn 256, per_step 1)."""
     return candidate_configs(m, n, k)[0]

@@ -7,8 +7,8 @@ import torch
 from nvfp4_kit import reference
 from nvfp4_kit.kernels import gemm_sm90 as G
 from nvfp4_kit.kernels.gemm_sm90_config import (
-    CLUSTER_SHAPES,
     COMPILED_SHAPES,
+    EXPERIMENTAL_SHAPES,
     GemmConfig,
     fits,
     stream_k_grid,
@@ -57,16 +57,17 @@ def test_row_tile_must_divide_padded_n():
 
 
 def _cluster_configs(ctas_per_sm: int = 1) -> list[GemmConfig]:
-    return [GemmConfig.from_shape(shape, ctas_per_sm) for shape in CLUSTER_SHAPES]
+    """Every 2-CTA cluster kernel, shipped (bn64) or experimental (the prefill tiles)."""
+    shapes = [s for s in COMPILED_SHAPES + EXPERIMENTAL_SHAPES if s[5] == 2]
+    return [GemmConfig.from_shape(shape, ctas_per_sm) for shape in shapes]
 
 
 @pytest.mark.parametrize("m", [1, 7, 16, 100, 128, 512, 1000, 8192])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
 def test_stream_k_grid_covers_work_once(m, n, k):
     clusters = [c for c in _cluster_configs(1) + _cluster_configs(2) if fits(c, n)]
-    assert all(c.cluster == 1 for c in G.candidate_configs(m, n, k))  # clusters: not yet measured
     for cfg in G.candidate_configs(m, n, k) + clusters:
-        assert cfg.shape in COMPILED_SHAPES + CLUSTER_SHAPES
+        assert cfg.shape in COMPILED_SHAPES + EXPERIMENTAL_SHAPES
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
         assert grid % cfg.cluster == 0 and n_tiles % cfg.cluster == 0
         runs = grid // cfg.cluster  # a run is one CTA, or one 2-CTA cluster on a row-tile pair
@@ -156,10 +157,10 @@ def test_every_config_compiles_for_sm90a():
     assert len(keys) == len(COMPILED_SHAPES)
 
 
-def test_cluster_configs_compile_for_sm90a():
-    """The 2-CTA cluster kernels (TMA multicast) are not shipped candidates yet; they must still build."""
-    keys = G.precompile("sm_90a", _cluster_configs())
-    assert len(keys) == len(CLUSTER_SHAPES) and all("_cl2" in key for key in keys)
+def test_experimental_configs_compile_for_sm90a():
+    """The 2-CTA prefill kernels are no candidates (measured no faster); they must still build."""
+    keys = G.precompile("sm_90a", [GemmConfig.from_shape(shape) for shape in EXPERIMENTAL_SHAPES])
+    assert len(keys) == len(EXPERIMENTAL_SHAPES) and all("_cl2" in key for key in keys)
 
 
 def test_check_shape():
@@ -324,6 +325,7 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
     cases += [(_case(300, 4096, 4096, seed=3), GemmConfig(128, 2, 4, 2, per_step=0, mt=2))]
     cases += [(_case(600, 4096, 4096, seed=4), GemmConfig(256, 2, 3, 1, per_step=1))]  # 128x256
     # 2-CTA clusters: both CTAs of a run park and close pieces of their own row tiles
+    cases += [(_case(64, 4096, 4096, seed=7), GemmConfig(64, 1, 4, 2, cluster=2))]  # shipped, 2 per SM
     cases += [(_case(300, 6144, 4096, seed=5), GemmConfig(128, 2, 4, 1, cluster=2))]
     cases += [(_case(600, 4096, 4096, seed=6), GemmConfig(256, 2, 3, 1, per_step=1, cluster=2))]
     first = []
