@@ -3,7 +3,8 @@
 Times the real kernel against crippled copies on the same shape (results are garbage there):
 probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies),
 3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only,
-5 = the full kernel without the fix-up and stores (what the epilogue costs at prefill).
+5 = the full kernel without the fix-up and stores (what the epilogue costs at prefill),
+6 = the full kernel with the packed words as A, no dequant arithmetic (what the dequant costs).
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
     python benchmarks/dev_gemm_probe.py --shape 28672x4096 --m 1
@@ -26,7 +27,7 @@ from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
 from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us  # noqa: E402
 
-PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores"]
+PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant"]
 
 
 @functools.cache
@@ -48,7 +49,7 @@ def main() -> None:
     p.add_argument(
         "--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]];..."'
     )
-    p.add_argument("--probes", default="0,1,2", help="0 full kernel, 1 no wgmma, 2 data only, 3, 4")
+    p.add_argument("--probes", default="0,1,2", help="comma list of probes (0 = full kernel)")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
     a = p.parse_args()

@@ -82,7 +82,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
-        # 5 = the full kernel without the fix-up and stores
+        # 5 = the full kernel without the fix-up and stores, 6 = the full kernel with the packed
+        # words themselves as A (no dequant arithmetic; wgmma path)
         self.probe = probe
         # Epilogue (gemm_sm90_epilogue): tiles of 64+ tokens read alpha once per row and store
         # predicated at folded offsets; bn <= 32 keeps the per-value load: with the hoisted form
@@ -569,6 +570,13 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 total = total + accs[j][v]
             out[v] = total
 
+    def dequant_or_probe(self, wbuf, s):
+        """Step s's 4 A registers (8 bf16 weights) from the chunk's words; probe 6 passes the words
+        through undecoded to time the kernel without the dequant arithmetic."""
+        if cutlass.const_expr(self.probe == 6):
+            return [wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], wbuf[(s + 1) % 8]]
+        return dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
         """One 128-wide K chunk: each block's 48 bytes from shared memory, dequant, 8 RS wgmmas
@@ -588,7 +596,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             for s in cutlass.range_constexpr(STEPS):
                 # A registers of step s are free once <= 7 wgmma groups are pending
                 warpgroup.wait_group(STEPS - 1)
-                r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                r = self.dequant_or_probe(wbuf, s)
                 for j in cutlass.range_constexpr(4):
                     frag_u[0][4 * s + j] = r[j]
                 warpgroup.fence()
@@ -601,7 +609,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 w_thr, s_thr = addrs[b]
                 self.read_chunk_words(wbuf, w_thr, s_thr, stage)
                 for s in cutlass.range_constexpr(STEPS):
-                    r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                    r = self.dequant_or_probe(wbuf, s)
                     for j in cutlass.range_constexpr(4):
                         frag_u[b][4 * s + j] = r[j]
             if cutlass.const_expr(self.probe == 1):
