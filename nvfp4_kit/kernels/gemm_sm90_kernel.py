@@ -27,7 +27,7 @@ Design (Hopper, swap-AB, mixed input):
      the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
      stride), RN to bf16; 2-byte stores (swap-AB puts tokens on the accumulator's N side).
-  8. 2-CTA clusters (`cluster` 2, prefill): the stream-K unit is a pair of neighbouring row tiles;
+  8. 2-CTA clusters (`cluster` 2; shipped for bn 64): the stream-K unit is a pair of neighbouring row tiles;
      the cluster's CTAs walk the same run of chunks, each on its own row tile of the pair, and
      each TMA-loads half of the shared activation tile, multicast into both CTAs' stage. A stage
      is refilled only when the consumers of both CTAs have released it (each consumer warp arrives
