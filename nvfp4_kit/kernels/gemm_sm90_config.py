@@ -12,9 +12,9 @@ cut (e.g. 128 tiles on 132 SMs): then every CTA takes the same number of whole t
 With `cluster` 2 the unit of that cut is a pair of neighbouring row tiles, one per CTA of a 2-CTA
 cluster: both CTAs walk the same chunks of their own row tile and share the activation tile (each
 loads half of it by TMA multicast into both), so x crosses L2 once per 2 row tiles. On H100 that
-pays at M = 33..128 with the 64x64 tile (bn64 cl2: 22.0 vs 24.2 us on down M = 64) and not for the
-128x128 / 128x256 prefill tiles (L2 bytes -31..-35%, time +-2%: L2 is not what limits them), which
-stay EXPERIMENTAL_SHAPES (benchmarks/notes_gemm.md, v12).
+pays at M = 33..128 with the 64-token tile (bn64 cl2: 22.6 vs 24.3 us on down M = 64) and not for the
+128x128 / 128x256 prefill tiles (L2 bytes -28..-35%, time -1.3..+3.8%: L2 is not what limits them),
+which stay EXPERIMENTAL_SHAPES (benchmarks/notes_gemm.md, v12).
 """
 
 from __future__ import annotations
