@@ -157,6 +157,22 @@ def test_every_config_compiles_for_sm90a():
     assert len(keys) == len(COMPILED_SHAPES)
 
 
+def test_committed_table_names_only_shipped_kernels():
+    """Every config of the committed H100 tuning table is a COMPILED_SHAPES kernel that fits its N:
+    precompile() builds exactly those, and a table entry outside them would compile at first use
+    (or raise under CUDA-graph capture)."""
+    import json
+
+    from nvfp4_kit import dispatch
+
+    doc = json.loads((dispatch._DATA_DIR / "tuning_sm90_h100.json").read_text())
+    assert doc["entries"]
+    for entry in doc["entries"]:
+        cfg = GemmConfig.from_dict(entry["config"])
+        where = (entry["n"], entry["k"], entry["m_bucket"], cfg.name)
+        assert cfg.shape in COMPILED_SHAPES and fits(cfg, entry["n"]), where
+
+
 def test_experimental_configs_compile_for_sm90a():
     """The 2-CTA prefill kernels are no candidates (measured no faster); they must still build."""
     keys = G.precompile("sm_90a", [GemmConfig.from_shape(shape) for shape in EXPERIMENTAL_SHAPES])
