@@ -310,11 +310,18 @@ def test_gpu_special_blocks():
 
 
 @pytest.mark.gpu
-def test_gpu_graph_replay_equals_eager():
-    q, w, s, x = _case(3, 4096, 4096)
+@pytest.mark.parametrize(
+    "m,cfg",
+    [
+        (3, GemmConfig(8, 1, 8, 3)),  # stream-K pieces: every workspace word must be empty again
+        (64, GemmConfig(64, 1, 4, 2, cluster=2)),  # a 2-CTA cluster launch captured in the graph
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_gpu_graph_replay_equals_eager(m, cfg):
+    q, w, s, x = _case(m, 4096, 4096)
     alpha = torch.ones(1, device="cuda")
-    cfg = GemmConfig(8, 1, 8, 3)  # stream-K pieces: every workspace word must be empty again
-    eager = torch.empty(3, 4096, dtype=torch.bfloat16, device="cuda")
+    eager = torch.empty(m, 4096, dtype=torch.bfloat16, device="cuda")
     G.gemm_w4a16_out(x, w, s, alpha, eager, cfg)
     out = torch.empty_like(eager)
     graph = torch.cuda.CUDAGraph()
