@@ -364,13 +364,7 @@ def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
     for item in spec.split(";"):
         ms, _, fields = item.partition(":")
         if ms in ("*", str(m)):
-            bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in fields.split(","))
-            pdl, mt, cluster = (opt + [1, 1, 1][len(opt) :])[:3]
-            out.append(
-                GemmConfig(
-                    bn, wgs, stages, ctas_per_sm=ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster
-                )
-            )
+            out.append(GemmConfig.from_spec(fields))
     return out or [G.heuristic_config(m, 1, 1)]
 
 

@@ -58,9 +58,7 @@ def main() -> None:
         if a.baselines:
             baselines(n, k)
         for spec in a.cfg.split(";"):
-            bn, wgs, st, ps, c, *opt = (int(v) for v in spec.split(","))
-            pdl, mt, cluster = (opt + [1, 1, 1][len(opt):])[:3]
-            cfg = GemmConfig(bn, wgs, st, ctas_per_sm=c, per_step=ps, pdl=pdl, mt=mt, cluster=cluster)
+            cfg = GemmConfig.from_spec(spec)
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync)

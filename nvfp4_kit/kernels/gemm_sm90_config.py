@@ -148,6 +148,14 @@ class GemmConfig:
         return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster)
 
     @classmethod
+    def from_spec(cls, spec: str) -> GemmConfig:
+        """"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]]" (the benchmarks' config
+        syntax; omitted trailing fields are 1)."""
+        bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in spec.split(","))
+        pdl, mt, cluster = (opt + [1, 1, 1][len(opt) :])[:3]
+        return cls(bn, wgs, stages, ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster)
+
+    @classmethod
     def from_dict(cls, d: dict) -> GemmConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"name"}

@@ -39,6 +39,10 @@ def test_config_dict_round_trip_and_validation():
     for bad in ({"cluster": 3}, {"cluster": 2, "bn": 16}):
         with pytest.raises(ValueError, match="cluster"):
             GemmConfig(**bad)
+    # the benchmarks' spec: bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]]
+    assert GemmConfig.from_spec("128,2,4,1,3") == GemmConfig(128, 2, 4, 3, per_step=1)
+    assert GemmConfig.from_spec("128,2,4,2,1,1,1,2") == pair
+    assert GemmConfig.from_spec("128,2,4,0,1,0,2") == GemmConfig(128, 2, 4, 1, per_step=0, pdl=0, mt=2)
 
 
 def test_row_tile_must_divide_padded_n():
