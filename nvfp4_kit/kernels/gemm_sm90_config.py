@@ -72,9 +72,9 @@ class GemmConfig:
     # halves the activation bytes each CTA pulls from L2 per FLOP (the prefill limit with mt 1);
     # its ~210 live registers per thread need setmaxnreg and the single-fragment schedule.
     mt: int = 1
-    # cluster 2 (prefill, not yet run on a GPU): CTA pairs on neighbouring row tiles of one token
-    # tile share each activation tile by TMA multicast, which halves x's L2 traffic per FLOP as mt 2
-    # does, with no larger tile (per_step and the register budget stay those of the 1-CTA kernel).
+    # cluster 2: CTA pairs on neighbouring row tiles of one token tile share each activation tile
+    # by TMA multicast, which halves x's L2 traffic per FLOP as mt 2 does, with no larger tile
+    # (per_step and the register budget stay those of the 1-CTA kernel). Shipped for bn 64.
     cluster: int = 1
 
     def __post_init__(self) -> None:
