@@ -4,7 +4,9 @@ Times the real kernel against crippled copies on the same shape (results are gar
 probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipeline + bulk copies),
 3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only,
 5 = the full kernel without the fix-up and stores (what the epilogue costs at prefill),
-6 = the full kernel with the packed words as A, no dequant arithmetic (what the dequant costs).
+6 = the full kernel with the packed words as A, no dequant arithmetic (what the dequant costs),
+7 = a bf16 GEMM in the same pipeline (SS wgmma, the activation stage as A too; bn = 64 * wgs).
+Probes of one shape and config are replayed interleaved; --cublas adds torch.matmul (bf16) to them.
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
     python benchmarks/dev_gemm_probe.py --shape 28672x4096 --m 1
@@ -25,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
 from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa: E402
-from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us  # noqa: E402
+from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_graph_times_us  # noqa: E402
 
-PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant"]
+PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS"]
 
 
 @functools.cache
@@ -52,6 +54,7 @@ def main() -> None:
     p.add_argument("--probes", default="0,1,2", help="comma list of probes (0 = full kernel)")
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
+    p.add_argument("--cublas", action="store_true", help="time torch.matmul bf16 with the probes")
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -61,7 +64,7 @@ def main() -> None:
             cfg = GemmConfig.from_spec(spec)
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
-                run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync)
+                run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas)
 
 
 def baselines(n: int, k: int) -> None:
@@ -82,7 +85,7 @@ def baselines(n: int, k: int) -> None:
     )
 
 
-def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None) -> None:
+def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False) -> None:
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
     from cutlass.cute.runtime import make_ptr
@@ -100,6 +103,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None) -
     G.reserve_workspace(0, m, n, cfg)
     ws = G._workspaces[0]
     nbytes = n * k * 0.5625
+    names, call_sets = [], []
     for probe in probes:
         fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync)  # ctas_per_sm: run time
 
@@ -122,14 +126,17 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None) -
                 stream,
             )
 
-        us = graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=7)
-        print(
-            f"probe {probe} ({PROBE_NAMES[probe]:9s}) "
-            f"{cfg.name} mma={ {None: 'auto', True: 'sync', False: 'wgmma'}[sync]} "
-            f"N={n} K={k} "
-            f"M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s",
-            flush=True,
-        )
+        mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
+        names.append(f"probe {probe} ({PROBE_NAMES[probe]:9s}) {cfg.name} mma={mma}")
+        call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
+    if cublas:
+        n_copies = copies_to_exceed_l2(n * k * 2)
+        bf16 = [torch.randn(n, k, device="cuda").to(torch.bfloat16) for _ in range(n_copies)]
+        names.append("cuBLAS bf16 torch.matmul")
+        call_sets.append([lambda wb=wb: torch.matmul(x, wb.t(), out=out) for wb in bf16])
+    times = interleaved_graph_times_us(call_sets, [100] * len(call_sets), reps=7)
+    for name, us in zip(names, times, strict=True):
+        print(f"{name} N={n} K={k} M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
+from cutlass.cute.nvgpu import cpasync
 
 from .gemm_sm90_config import SLOT_EMPTY_BITS
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
@@ -37,10 +38,12 @@ from .gemm_sm90_ptx import (
     bits_equal,
     ld_nc_f32,
     ld_relaxed_f32,
+    pack_bf16x2,
     st_bf16,
     st_bf16_if,
     st_relaxed_f32,
     st_relaxed_u32,
+    stmatrix_x4_trans,
     trap,
 )
 
@@ -50,6 +53,7 @@ _WG = 128
 # Polls (one L2 round trip each, ~0.5-1 us) before a reducer gives up on a parked partial: seconds,
 # never reached when the workspace is used as documented (one stream-K GEMM at a time per device).
 _MAX_POLLS = 1 << 23
+_EPI_BARRIER = 1  # named barrier of the consumer warpgroups in the staged epilogue (0: __syncthreads)
 
 
 class EpilogueArgs(NamedTuple):
@@ -72,6 +76,12 @@ class EpilogueArgs(NamedTuple):
     rank: Any  # CTA in the cluster (0 without clusters): row tile unit * cluster + rank
     bid_m: Any
     thr_mma: Any  # this thread's slice of the tiled MMA (accumulator coordinates)
+    # staged epilogue (kernel.staged_store; None / 0 without)
+    stage_base: Any = None  # 32-bit shared address of stage 0's activations
+    s_out: Any = None  # the stages as out tiles (bn, bm, stage * bk // bm), 128-byte swizzled
+    store_atom: Any = None
+    tma_out: Any = None
+    out_tma_ok: Any = None  # 0: out is not 16-byte aligned (pitch or base), store directly
 
 
 class StreamKEpilogue:
@@ -95,7 +105,7 @@ class StreamKEpilogue:
         return ((tile * self.cluster + epi.rank) * self.row_tiles + epi.wg) * ROW_TILE
 
     @cute.jit
-    def flush(self, acc, g, epi):
+    def flush(self, acc, g, epi, stage=None):
         """A piece ends at chunk g (its lowest): store a whole tile, park a piece whose tile goes
         on past this run; the closing piece (the run's last) stays in acc for finish()."""
         if cutlass.const_expr(self.skip_epilogue):  # dev probe: no fix-up, no stores
@@ -110,10 +120,10 @@ class StreamKEpilogue:
                 st_relaxed_f32(base + v * _WG * 4, acc[v])
         else:
             if t0 >= e.g_begin:
-                self.store(acc, tile, epi)
+                self.store(acc, tile, epi, stage)
 
     @cute.jit
-    def finish(self, acc, epi):
+    def finish(self, acc, epi, stage=None):
         """After the run: if it began inside a row tile that ends within it, close that tile."""
         if cutlass.const_expr(self.skip_epilogue):
             self.keep_alive(acc, epi)
@@ -124,6 +134,7 @@ class StreamKEpilogue:
         if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
             c_first = ((t0 + 1) * e.runs - 1) // e.total  # the run owning the tile's chunk 0
             self.reduce(acc, tile, c_first, epi)
+            self.store(acc, tile, epi, stage)
 
     @cute.jit
     def keep_alive(self, acc, epi):
@@ -135,16 +146,19 @@ class StreamKEpilogue:
 
     @cute.jit
     def reduce(self, acc, tile, c_first, epi):
-        """out = sum of runs c_first..run-1's parked partials (in run order) + acc, stored."""
+        """acc = sum of runs c_first..run-1's parked partials (in run order) + acc."""
         e = epi
         nv = cute.size(acc)
-        coords = e.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
-        grp = min(8, nv)  # running sums in groups of 8: no second full accumulator
-        # Decode tiles have ~3-7 pieces: load up to 8 at once (one L2 round trip per poll).
-        batch = 8 if self.bn <= 32 else 4
+        # Running sums in groups of `grp` values (no second full accumulator), `batch` pieces'
+        # words loaded at once: each (group, batch) costs one L2 round trip at the end of the
+        # closing CTA's run, on the kernel's critical path. Decode tiles have ~3-7 pieces of a few
+        # values per thread; prefill tiles 1-3 pieces of 32-128 values, where groups of 8 made
+        # 4-16 round trips in a row. The larger groups fit the registers left beside each tile's
+        # accumulator without spilling (ptxas, sm_90a).
+        grp, batch = {8: (8, 8), 16: (8, 8), 32: (8, 8), 64: (32, 1), 128: (32, 1), 256: (16, 2)}[self.bn]
+        grp = min(grp, nv)
         tot = cute.make_rmem_tensor((grp,), Float32)
         buf = cute.make_rmem_tensor((batch * grp,), Float32)
-        origin = self.thread_origin(coords, tile, epi) if self.hoist_alpha else None
         for v0 in cutlass.range_constexpr(0, nv, grp):
             tot.fill(0.0)
             for c0 in cutlass.range(c_first, e.run, batch, unroll=1):
@@ -164,7 +178,7 @@ class StreamKEpilogue:
                             tot[j] = tot[j] + buf[b * grp + j]
                             st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(SLOT_EMPTY_BITS - (1 << 32)))
             for j in cutlass.range_constexpr(grp):
-                self.store_value(tot[j] + acc[v0 + j], coords, v0 + j, tile, origin, epi)
+                acc[v0 + j] = tot[j] + acc[v0 + j]
 
     @cute.jit
     def _load_batch(self, buf, c0, v0, grp, batch, epi):
@@ -202,7 +216,68 @@ class StreamKEpilogue:
         return row0, tok0, addr0, scales[0], scales[1]
 
     @cute.jit
-    def store(self, vals, tile, epi):
+    def store(self, vals, tile, epi, stage=None):
+        """out[tile's tokens, tile's rows] = bf16(vals * 2^7 * alpha[row]): staged through shared
+        memory and one TMA store where the kernel has the staged epilogue and out allows it."""
+        if cutlass.const_expr(self.staged_store):
+            if epi.out_tma_ok != 0:
+                self.store_staged(vals, tile, epi, stage)
+            else:
+                self.store_direct(vals, tile, epi)
+        else:
+            self.store_direct(vals, tile, epi)
+
+    @cute.jit
+    def store_staged(self, vals, tile, epi, stage):
+        """The staged epilogue. The stage's activations are dead once every consumer warpgroup's
+        wgmmas on it have completed (each waited for its own; the barrier joins them). A thread's
+        accumulator values of n8 block j are rows g, g + 8 x tokens 8j + 2c, 8j + 2c + 1 (wgmma's C
+        fragment, lane 4g + c): as bf16x2 words they are the mma fragments of two 8x8 matrices per
+        block, which stmatrix.trans writes token-major, 16 bytes (8 rows) per token: the out tile
+        (bn tokens x bm rows) in the layout of an activation stage (tokens at 128 bytes, 16-byte
+        column q at q ^ (token % 8) of a 128-byte-swizzled 64-row half; the warpgroup's 64 rows
+        are half epi.wg). One thread then stores the tile by TMA, which also drops the rows past N
+        and tokens past M. The stage goes back to the producer only after the TMA has read it
+        (release_stage)."""
+        e = epi
+        cute.arch.barrier(barrier_id=_EPI_BARRIER, number_of_threads=_WG * self.row_tiles)
+        coords = e.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
+        _row0, _tok0, _addr0, scale_lo, scale_hi = self.thread_origin(coords, tile, e)
+        lane = e.t % 32
+        mat, k = lane // 8, lane % 8  # this lane addresses row k of matrix `mat` of each stmatrix
+        q = 2 * (e.t // 32) + mat % 2  # 16-byte column: the warp's 16 rows, upper 8 for odd matrices
+        half = e.stage_base + stage * (self.bn * 256) + e.wg * (self.bn * 128)
+        thr = half + (8 * (mat // 2) + k) * 128 + ((q ^ k) << 4)
+        for v0 in cutlass.range_constexpr(0, cute.size(vals), 8):  # n8 blocks j, j + 1
+            words = [
+                pack_bf16x2(vals[v0 + 4 * b + 2 * h] * sc, vals[v0 + 4 * b + 2 * h + 1] * sc)
+                for b in range(2)
+                for h, sc in ((0, scale_lo), (1, scale_hi))
+            ]
+            stmatrix_x4_trans(thr + (v0 // 4) * 1024, words)
+        cute.arch.fence_proxy("async.shared", space="cta")  # generic-proxy writes -> TMA reads
+        cute.arch.barrier(barrier_id=_EPI_BARRIER, number_of_threads=_WG * self.row_tiles)
+        if (e.wg == 0) & (e.t == 0):
+            s_tile = e.s_out[(None, None, stage * (self.bk // self.bm))]
+            g_tile = cute.local_tile(e.tma_out, (self.bn, self.bm), (e.bid_m, tile * self.cluster + e.rank))
+            src, dst = cpasync.tma_partition(
+                e.store_atom,
+                0,
+                cute.make_layout(1),
+                cute.group_modes(s_tile, 0, 2),
+                cute.group_modes(g_tile, 0, 2),
+            )
+            cute.copy(e.store_atom, src, dst)
+            cute.arch.cp_async_bulk_commit_group()
+
+    @cute.jit
+    def wait_staged_reads(self, epi):
+        """The TMA-issuing thread waits until its stores have read shared memory."""
+        if (epi.wg == 0) & (epi.t == 0):
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+
+    @cute.jit
+    def store_direct(self, vals, tile, epi):
         coords = epi.thr_mma.partition_C(cute.make_identity_tensor((ROW_TILE, self.bn)))
         origin = self.thread_origin(coords, tile, epi) if self.hoist_alpha else None
         for v in cutlass.range_constexpr(cute.size(vals)):

@@ -83,8 +83,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
         # 5 = the full kernel without the fix-up and stores, 6 = the full kernel with the packed
-        # words themselves as A (no dequant arithmetic; wgmma path)
+        # words themselves as A (no dequant arithmetic; wgmma path), 7 = a bf16 GEMM in the same
+        # pipeline: SS wgmma with the activation stage's first 64 * wgs rows as A
         self.probe = probe
+        if probe == 7 and (bn < ROW_TILE * wgs or mt != 1):
+            raise ValueError("probe 7 reads the activation stage's first rows as the A tile: bn >= 64 * wgs")
         # Epilogue (gemm_sm90_epilogue): tiles of 64+ tokens read alpha once per row and store
         # predicated at folded offsets; bn <= 32 keeps the per-value load: with the hoisted form
         # the bn32 per_step-0 kernel ran 18-25% slower on H100 (gate_up M=32: 35.9 -> 43.3 us; its
@@ -109,6 +112,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # bn 256 (prefill): a 64 x 256 fp32 accumulator is 128 registers per thread, plus one or
         # two 32-register A fragments; the same setmaxnreg split serves it.
         self.realloc_registers = mt > 1 or bn > 128
+        # Staged epilogue (gemm_sm90_epilogue.store): a finished tile goes bf16 into the pipeline
+        # stage its last chunk came through (bn x 128 activations = bn x bm outputs when bm <= 128)
+        # by stmatrix.trans, then out by one TMA store; decode tiles (bn <= 32) store directly.
+        self.staged_store = bn >= 64 and mt == 1 and not self.sync_mma
         self.num_threads = _WG * wgs + (_WG if self.realloc_registers else 32)
 
     def _mma(self):
@@ -156,6 +163,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             x_op, mX, b_smem_one, (self.bn, self.bk), num_multicast=self.cluster
         )
 
+        if cutlass.const_expr(self.staged_store):
+            o_smem_staged, store_atom, tma_out, out_tma_ok = self._out_tma(out_addr, m, n)
+        else:
+            o_smem_staged, store_atom, tma_out, out_tma_ok = None, None, None, Int32(0)
+
         @cute.struct
         class SharedStorage:
             bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
@@ -181,6 +193,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             total,
             grid_x,
             alpha_stride,
+            o_smem_staged,
+            store_atom,
+            tma_out,
+            out_tma_ok,
         ).launch(
             grid=[grid_x, grid_y, 1],
             block=[self.num_threads, 1, 1],
@@ -190,6 +206,30 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             # setmaxnreg only acts on a kernel with a register cap at entry (minctasm 1)
             min_blocks_per_mp=1 if self.realloc_registers else 0,
         )
+
+    @cute.jit
+    def _out_tma(self, out_addr: Int64, m: Int32, n: Int32):
+        """The staged epilogue's TMA store: out as an (m, n) tensor in (bn, bm) boxes from a
+        128-byte-swizzled tile laid out like an activation stage. TMA needs a 16-byte aligned base
+        and row pitch; where out has neither (n % 8, an offset view), out_tma_ok is 0, the map is
+        built over an aligned stand-in that is never used, and the kernel stores directly."""
+        o_smem_staged = sm90_utils.make_smem_layout_b(
+            utils.LayoutEnum.ROW_MAJOR,
+            (self.bm, self.bn, self.bm),
+            BFloat16,
+            self.stages * (self.bk // self.bm),
+        )
+        out_tma_ok = Int32(((n % 8) == 0) & ((out_addr % 16) == 0))
+        n8 = cute.assume(cutlass.max(n - n % 8, 8), divby=8)
+        out_ptr = cute.make_ptr(BFloat16, out_addr - out_addr % 16, cute.AddressSpace.gmem, assumed_align=16)
+        m_out = cute.make_tensor(out_ptr, cute.make_layout((m, n8), stride=(n8, 1)))
+        store_atom, tma_out = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(),
+            m_out,
+            cute.slice_(o_smem_staged, (None, None, 0)),
+            (self.bn, self.bm),
+        )
+        return o_smem_staged, store_atom, tma_out, out_tma_ok
 
     # ---------------------------------------------------------------- device side
     @cute.kernel
@@ -212,6 +252,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         total: Int32,
         grid_x: Int32,
         alpha_stride: Int32,
+        o_smem_staged,  # staged epilogue (None without): the out tile's layout in a stage
+        store_atom,
+        tma_out,
+        out_tma_ok: Int32,
     ):
         tidx, _, _ = cute.arch.thread_idx()
         bid_x, bid_m, _ = cute.arch.block_idx()
@@ -238,6 +282,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         smem = utils.SmemAllocator()
         storage = smem.allocate(self.shared_storage)
         sB = storage.sB.get_tensor(b_smem_staged.outer, swizzle=b_smem_staged.inner)
+        s_out = None
+        if cutlass.const_expr(self.staged_store):
+            s_out = storage.sB.get_tensor(o_smem_staged.outer, swizzle=o_smem_staged.inner)
         tx_bytes = cute.size_in_bytes(BFloat16, cute.slice_(b_smem_staged, (None, None, 0)))
         tx_bytes = tx_bytes + self.w_stage_bytes
         sw_base = storage.sW.data_ptr().toint()  # 32-bit shared address of the weight stages
@@ -289,6 +336,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 rank=rank,
                 bid_m=bid_m,
                 thr_mma=mma_acc.get_slice(t),
+                stage_base=sB.iterator.toint(),
+                s_out=s_out,
+                store_atom=store_atom,
+                tma_out=tma_out,
+                out_tma_ok=out_tma_ok,
             )
             if cutlass.const_expr(self.sync_mma):
                 self.consume_sync(sB, x_pipe, sw_base, epi)
@@ -435,9 +487,24 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         wbuf = cute.make_rmem_tensor((12,), Int32)  # a chunk's 8 nibble words + 4 code words
         epis = self.block_epis(epi)
         addrs = [self.thread_chunk_addrs(sw_base, e) for e in epis]
+        if cutlass.const_expr(self.probe == 7):
+            # (probe) a bf16 GEMM through the same pipeline: warpgroup w's A is rows 64w.. of the
+            # activation stage, so the tensor work per chunk equals the real kernel's
+            mma_ss = sm90_utils.make_trivial_tiled_mma(
+                BFloat16, BFloat16, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K,
+                Float32, (self.wgs, 1, 1), (ROW_TILE, self.bn), warpgroup.OperandSource.SMEM,
+            )
+            mma_ss.set(warpgroup.Field.ACCUMULATE, True)
+            thr_ss = mma_ss.get_slice(epi.wg * _WG + epi.t)
+            sA = cute.local_tile(sB, (ROW_TILE * self.wgs, self.bk), (0, 0, None))
+            tCrA_ss = mma_ss.make_fragment_A(thr_ss.partition_A(sA))
+            tCrB = mma_ss.make_fragment_B(thr_ss.partition_B(sB))
+            mma_acc = mma_ss
+        else:
+            tCrA_ss = None
         # (mma_first is passed to chunk() explicitly: it is re-set per chunk, and a copy captured
         # in a tuple before the loop would keep the stale pre-loop value)
-        ctx = (mma_acc, accs, tCrB, wbuf, x_pipe, addrs)
+        ctx = (mma_acc, accs, tCrB, wbuf, x_pipe, addrs, tCrA_ss)
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -457,12 +524,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                     self.chunk(ctx, mma_first, frags[d], read, 1)
                     if i > 0:  # chunk i-1 retired by the wait above: its stage is free
-                        x_pipe.consumer_release(release)
+                        self.release_stage(x_pipe, release, epi)
                         release.advance()
                     read.advance()
                     if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
-                        self.flush_blocks(accs, g, epis)
+                        self.flush_blocks(accs, g, epis, release.index)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -470,10 +537,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if n_main > 0:
-                    x_pipe.consumer_release(release)
+                    self.release_stage(x_pipe, release, epi)
                     release.advance()
                 read.advance()
-                self.flush_blocks(accs, g, epis)
+                self.flush_blocks(accs, g, epis, release.index)
         else:
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
@@ -481,23 +548,34 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if i > 0:  # chunk i-1's wgmmas have retired: its stage is free
-                    x_pipe.consumer_release(release)
+                    self.release_stage(x_pipe, release, epi)
                     release.advance()
                 read.advance()
                 if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
-                    self.flush_blocks(accs, g, epis)
+                    self.flush_blocks(accs, g, epis, release.index)
         warpgroup.wait_group(0)
+        # the last chunk's stage is still held: finish() may stage the closed tile in it
+        for acc, e in zip(accs, epis, strict=True):
+            self.finish(acc, e, release.index)
+        if cutlass.const_expr(self.staged_store):
+            self.wait_staged_reads(epi)  # (shared memory must outlive the TMA store's reads)
         if cutlass.const_expr(self.cluster > 1):
             if nk > 0:  # the last chunk's stage too: the producers' tails wait for it
                 x_pipe.consumer_release(release)
-        for acc, e in zip(accs, epis, strict=True):
-            self.finish(acc, e)
 
     @cute.jit
-    def flush_blocks(self, accs, g, epis):
+    def release_stage(self, x_pipe, release, epi):
+        """Hand a consumed stage back to the producer; a tile staged in it must have been read out
+        by its TMA store first (the issuing thread waits, and its warp's arrival comes after)."""
+        if cutlass.const_expr(self.staged_store):
+            self.wait_staged_reads(epi)
+        x_pipe.consumer_release(release)
+
+    @cute.jit
+    def flush_blocks(self, accs, g, epis, stage):
         for acc, e in zip(accs, epis, strict=True):
-            self.flush(acc, g, e)
+            self.flush(acc, g, e, stage)
 
     @cute.jit
     def consume_sync(self, sB, x_pipe, sw_base, epi):
@@ -581,7 +659,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):
         """One 128-wide K chunk: each block's 48 bytes from shared memory, dequant, 8 RS wgmmas
         per block (frag_a: one A fragment per block)."""
-        mma_acc, accs, tCrB, wbuf, x_pipe, addrs = ctx
+        mma_acc, accs, tCrB, wbuf, x_pipe, addrs, tCrA_ss = ctx
         frag_u = [
             cute.make_tensor(cute.recast_ptr(f.iterator, dtype=Int32), cute.make_layout(4 * STEPS))
             for f in frag_a
@@ -589,6 +667,15 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         x_pipe.consumer_wait(read)
         stage = read.index * self.w_stage_bytes
         if cutlass.const_expr(self.skip_math):
+            return
+        if cutlass.const_expr(self.probe == 7):
+            warpgroup.fence()
+            for s in cutlass.range_constexpr(STEPS):
+                cute.gemm(mma_acc, accs[0], tCrA_ss[None, None, s, read.index],
+                          tCrB[None, None, s, read.index], accs[0])
+            warpgroup.commit_group()
+            # (per_step 1 keeps one chunk in flight here: one commit group per chunk)
+            warpgroup.wait_group(keep_in_flight if self.per_step == 2 else min(self.per_step, 1))
             return
         if cutlass.const_expr(self.per_step == 1):  # mt 1 only (checked in __init__)
             w_thr, s_thr = addrs[0]

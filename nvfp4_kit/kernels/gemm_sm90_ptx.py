@@ -29,6 +29,8 @@ __all__ = [
     "ld_shared_v4",
     "ld_shared_b32",
     "mma_bf16_m16n8k16",
+    "pack_bf16x2",
+    "stmatrix_x4_trans",
 ]
 
 
@@ -254,3 +256,31 @@ def mma_bf16_m16n8k16(a: list, b0: Int32, b1: Int32, c: list, *, loc=None, ip=No
         side_effects=False,
     )
     return [Float32(llvm.extractvalue(T.f32(), res, [i], loc=loc, ip=ip)) for i in range(4)]
+
+
+@dsl_user_op
+def pack_bf16x2(lo: Float32, hi: Float32, *, loc=None, ip=None) -> Int32:
+    """Two fp32 -> one bf16x2 word (round to nearest even); `lo` in the low half."""
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Float32(hi).ir_value(loc=loc, ip=ip), Float32(lo).ir_value(loc=loc, ip=ip)],
+            "cvt.rn.bf16x2.f32 $0, $1, $2;",
+            "=r,f,f",
+            side_effects=False,
+        )
+    )
+
+
+@dsl_user_op
+def stmatrix_x4_trans(addr: Int32, regs: list, *, loc=None, ip=None) -> None:
+    """stmatrix .x4 .trans: four 8x8 b16 matrices from the mma fragment layout (lane 4g + c holds
+    row g, columns 2c, 2c + 1 of each), each stored transposed: lane 8i + k gives the shared address
+    of row k of matrix i, which receives the matrix's column k (16 bytes)."""
+    inline_ptx(
+        None,
+        [Int32(addr).ir_value(loc=loc, ip=ip)] + [Int32(r).ir_value(loc=loc, ip=ip) for r in regs],
+        "stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [$0], {$1, $2, $3, $4};",
+        "r,r,r,r,r",
+        side_effects=True,
+    )

@@ -295,6 +295,34 @@ def test_gpu_cluster_configs_match_reference(m, n, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n,offset", [(1000, 0), (1004, 0), (1000, 1)])
+def test_gpu_prefill_stores_stay_inside_out(n, offset):
+    """The prefill tiles store through shared memory and a TMA store where out's base and row
+    pitch are 16-byte aligned (n = 1000), directly where they are not (n % 8 = 4; a base 2 bytes
+    past alignment). Either way out equals the reference and nothing next to it is written."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    m, k = 300, 512
+    q, w, s, x = _case(m, n, k)
+    alpha = torch.rand(n, device="cuda") + 0.5
+    ref = _ref(x, q, alpha)
+    cfgs = [
+        GemmConfig(64, 1, 4, 2),
+        GemmConfig(64, 1, 4, 2, cluster=2),
+        GemmConfig(128, 2, 4, 1, per_step=1),
+        GemmConfig(128, 2, 4, 1, per_step=2),
+        GemmConfig(256, 2, 3, 1, per_step=1),
+    ]
+    for cfg in cfgs:
+        if not fits(cfg, n):
+            continue
+        buf = torch.full((offset + m * n + 64,), 7.0, dtype=torch.bfloat16, device="cuda")
+        out = buf[offset : offset + m * n].view(m, n)
+        G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+        _assert_close_to_reference(out, ref)
+        assert bool((buf[:offset] == 7.0).all()) and bool((buf[offset + m * n :] == 7.0).all()), cfg.name
+
+
+@pytest.mark.gpu
 def test_gpu_special_blocks():
     from nvfp4_kit.formats import pack_e2m1
 
