@@ -241,13 +241,17 @@ def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1) -> Ge
 # activation tile) beat bn64 at M = 64 on all five shapes (down 22.6 vs 24.3 us, gate_up 41.1 vs
 # 44.1) and bn 32 at M = 32 did not; at M = 128 it won qkv and o (19.0 / 14.4 vs 20.3 / 17.9 us for
 # bn128 p1) and lost the wide-K / wide-N shapes, where bn128 per_step 1 beat per_step 2 on all five.
+# With the staged TMA-store epilogue (gemm_h100_2026-12-07_staged_e0a1f86.json) the 128x256 tile
+# won every shape at M = 1024 and four of five at 512 (qkv 46.5 vs 46.9 us, down 93.8 vs 101.4;
+# o lost, 34.6 vs 27.4), and bn128 per_step 2 won three of five at M = 256 (o 19.8 vs 29.4 us).
 _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
     8: ((8, 2, 2), (8, 2, 3), (8, 2, 4), (16, 2, 3)),
     16: ((16, 2, 3), (16, 2, 2), (8, 2, 2)),
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2, 1, 2), (64, 2, 2), (32, 0, 3), (128, 2, 1), (64, 2, 1, 1, 2)),
     128: ((128, 1, 1), (64, 2, 2, 1, 2), (128, 2, 1), (64, 2, 2), (128, 0, 1, 2), (32, 0, 3)),
-    1024: ((128, 2, 1), (256, 1, 1), (128, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
+    256: ((128, 2, 1), (256, 1, 1), (128, 1, 1), (128, 0, 1, 2), (256, 2, 1), (64, 2, 2)),
+    1024: ((256, 1, 1), (128, 2, 1), (128, 1, 1), (128, 0, 1, 2), (256, 2, 1)),
     8192: ((256, 1, 1), (256, 2, 1), (128, 1, 1), (128, 0, 1, 2), (128, 2, 1)),
 }
 
@@ -263,6 +267,6 @@ def candidate_configs(m: int, n: int, k: int) -> list[GemmConfig]:
 def heuristic_config(m: int, n: int, k: int) -> GemmConfig:
     """Untuned default (H100 measurements): bn8 (mma.sync) with 2 and bn16 with 3 stream-K CTAs
     per SM for decode, bn32 per_step 0 for M <= 32, bn64 in 2-CTA clusters (2 per SM) for M <= 64,
-    128x128 tiles with one CTA per SM up to M = 1024 (per_step 1 to M = 128, then 2), then the
+    128x128 tiles with one CTA per SM up to M = 256 (per_step 1 to M = 128, then 2), then the
     128x256 tile (bn 256, per_step 1)."""
     return candidate_configs(m, n, k)[0]

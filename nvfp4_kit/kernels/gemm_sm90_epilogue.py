@@ -139,10 +139,11 @@ class StreamKEpilogue:
     @cute.jit
     def keep_alive(self, acc, epi):
         """Dev probe 5: a store the compiler cannot prove dead (alpha_stride is 0 or 1 at run time),
-        so the MMAs feeding acc are not removed with the epilogue."""
+        so the MMAs feeding acc are not removed with the epilogue (the direct store: the probe has no
+        stage to stage through)."""
         if cutlass.const_expr(self.probe == 5):
             if epi.alpha_stride == 12345:
-                self.store(acc, Int32(0), epi)
+                self.store_direct(acc, Int32(0), epi)
 
     @cute.jit
     def reduce(self, acc, tile, c_first, epi):
