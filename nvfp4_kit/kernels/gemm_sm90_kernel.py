@@ -26,7 +26,10 @@ Design (Hopper, swap-AB, mixed input):
      A row tile cut between CTAs is fixed up deterministically by its highest CTA, which waits at
      the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
-     stride), RN to bf16; 2-byte stores (swap-AB puts tokens on the accumulator's N side).
+     stride), RN to bf16. Prefill tiles (bn >= 64) go as bf16x2 into the stage their last chunk
+     freed (stmatrix.trans: swap-AB puts tokens on the accumulator's N side, out is token-major)
+     and out by one TMA store per 64-row block; decode tiles, and an out whose base or row pitch
+     is not 16-byte aligned, use 2-byte stores.
   8. 2-CTA clusters (`cluster` 2; shipped for bn 64): the stream-K unit is a pair of neighbouring row tiles;
      the cluster's CTAs walk the same run of chunks, each on its own row tile of the pair, and
      each TMA-loads half of the shared activation tile, multicast into both CTAs' stage. A stage
