@@ -4,6 +4,7 @@
     python benchmarks/bench_gemm.py bench --candidates 4 --table-out T.json
                                       # table + JSON + PNG under --out; best of the candidate
                                       # configs per (shape, M) -> the default tuning table
+    python benchmarks/bench_gemm.py bench --m 1,16  # the configs serving runs (dispatch's tables)
     python benchmarks/bench_gemm.py compile            # cold compile / warm start times
     python benchmarks/bench_gemm.py merge A.json B.json:1-32 --out DIR --table-out T.json
                                       # one JSON + PNG (+ table) from several runs' records,
@@ -196,7 +197,7 @@ def _bench_point(name, n, k, m, bw, quick, ctx, configs_for) -> list[dict]:
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     floor_us = (n * k * 0.5625 + m * k * 2 + m * n * 2) / bw * 1e6
-    cfgs = configs_for(m, n, k) if configs_for else [G.heuristic_config(m, n, k)]
+    cfgs = configs_for(m, n, k) if configs_for else [production_config(m, n, k)]
     ours = []
     for cfg in cfgs:
         G.reserve_workspace(0, m, n, cfg)  # before capture
@@ -357,6 +358,17 @@ def merge(args) -> None:
     _write_result(doc, args)
 
 
+def production_config(m: int, n: int, k: int) -> GemmConfig:
+    """The config `nvfp4::gemm` runs for this bf16 W4A16 layer at M (dispatch.choose: this machine's
+    tuning table, else the committed default table, else the kernel's heuristic), so a bench
+    without --candidates / --configs times what serving runs."""
+    from nvfp4_kit import dispatch
+    from nvfp4_kit.backends import Fp4GemmBackend
+
+    key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
+    return dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, m).kernel_config
+
+
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
     """--configs "M:bn,wgs,stages,per_step,ctas[,pdl[,mt[,cluster]]];...": configs to time at each M
     ('*' = any)."""
@@ -369,7 +381,7 @@ def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:
 
 
 def once(args) -> None:
-    """One warm call then one call of the heuristic (or first --configs) config: for ncu."""
+    """One warm call then one call of the production (or first --configs) config: for ncu."""
     for name, (n, k) in SHAPES.items():
         if name not in args.shapes.split(","):
             continue
@@ -378,7 +390,7 @@ def once(args) -> None:
             x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
             out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
             alpha = torch.ones(1, device="cuda")
-            cfg = _explicit_configs(args.configs, m)[0] if args.configs else G.heuristic_config(m, n, k)
+            cfg = _explicit_configs(args.configs, m)[0] if args.configs else production_config(m, n, k)
             for _ in range(2):
                 G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
             torch.cuda.synchronize()
