@@ -363,10 +363,8 @@ def production_config(m: int, n: int, k: int) -> GemmConfig:
     tuning table, else the committed default table, else the kernel's heuristic), so a bench
     without --candidates / --configs times what serving runs."""
     from nvfp4_kit import dispatch
-    from nvfp4_kit.backends import Fp4GemmBackend
 
-    key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
-    return dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, m).kernel_config
+    return dispatch.sm90_kernel_config(n, k, m)
 
 
 def _explicit_configs(spec: str, m: int) -> list[GemmConfig]:

@@ -41,6 +41,7 @@ __all__ = [
     "resolve_backend",
     "resolve_mode",
     "choose",
+    "sm90_kernel_config",
     "register_layer",
     "describe",
     "describe_text",
@@ -273,6 +274,12 @@ def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
                             "(never run by this project)")
     _memo[memo_key] = choice
     return choice
+
+
+def sm90_kernel_config(n: int, k: int, m: int, backend: Fp4GemmBackend = Fp4GemmBackend.NVFP4_KIT):
+    """The config our SM90 kernel runs for an N x K layer at M rows (bf16 activations; W4A4 on SM90
+    runs the same W4A16 kernel, so one table serves both)."""
+    return choose(LayerKey("sm90", n, k, "bfloat16", "w4a16"), backend, m).kernel_config
 
 
 def register_layer(key: LayerKey, backend: Fp4GemmBackend, name: str | None = None) -> None:

@@ -90,9 +90,8 @@ def _gemm_into(x, x_scale, w, w_scale, alpha, layout, n, backend, out) -> None:
             x = reference.dequantize(x, x_scale).to(torch.bfloat16)
         if x.dtype != torch.bfloat16:
             raise ValueError(f"x: dtype {x.dtype}; the SM90 kernel takes bfloat16")
-        key = dispatch.LayerKey("sm90", n, k, "bfloat16", "w4a16")
-        choice = dispatch.choose(key, Fp4GemmBackend.NVFP4_KIT, x.shape[0])
-        gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, choice.kernel_config, prevalidated=True)
+        config = dispatch.sm90_kernel_config(n, k, x.shape[0])
+        gemm_sm90.gemm_w4a16_out(x, w, w_scale, alpha, out, config, prevalidated=True)
     else:
         from .kernels import flashinfer_sm100
 
@@ -386,8 +385,7 @@ def warmup(pw: PreparedWeight, max_m: int) -> None:
         # M above the last bucket): reserve each chosen config's bound for M <= max_m.
         from .kernels import gemm_sm90
 
-        key = dispatch.LayerKey("sm90", pw.n, pw.k, "bfloat16", "w4a16")
-        configs = {dispatch.choose(key, pw.backend, b).kernel_config
+        configs = {dispatch.sm90_kernel_config(pw.n, pw.k, b, pw.backend)
                    for b in dispatch.M_BUCKETS if b <= dispatch.m_bucket(max_m)}
         for config in configs:
             gemm_sm90.reserve_workspace(pw.weight.device, max_m, pw.n, config)

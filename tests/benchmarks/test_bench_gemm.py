@@ -1,5 +1,6 @@
 """benchmarks/bench_gemm.py without --candidates / --configs times the config serving runs."""
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ pytest.importorskip("cutlass")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
 def _bench_module():
     spec = importlib.util.spec_from_file_location("bench_gemm", ROOT / "benchmarks" / "bench_gemm.py")
     mod = importlib.util.module_from_spec(spec)
