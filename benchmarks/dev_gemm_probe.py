@@ -101,7 +101,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, c
     alpha = torch.ones(1, device="cuda")
     grid, total, _ = stream_k_grid(m, n, k, cfg, 132)
     G.reserve_workspace(0, m, n, cfg)
-    ws = G._workspaces[0]
+    ws = G.workspace_of(0, cfg)
     nbytes = n * k * 0.5625
     names, call_sets = [], []
     for probe in probes:

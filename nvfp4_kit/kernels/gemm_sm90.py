@@ -9,8 +9,9 @@ layer's quantize->dequantize of x (exact in bf16) + this kernel with
 alpha = input_scale * weight_scale_2.
 
 Graph capture: gemm_w4a16_out allocates nothing, copies nothing host->device and launches on
-torch.cuda.current_stream(). The stream-K fix-up uses a per-device fp32 workspace
-(`workspace_bytes`) whose words rest at SLOT_EMPTY_BITS; it grows only outside capture
+torch.cuda.current_stream(). The stream-K fix-up uses per-device workspaces (`workspace_bytes`;
+one for decode tiles, whose words rest at SLOT_EMPTY_BITS, one for prefill tiles, whose flags do:
+gemm_sm90_epilogue); they grow only outside capture
 (`reserve_workspace`, or on the first eager call) and a call under capture that would need more
 raises. The workspace is shared by all GEMMs of a device: calls on two streams that run
 concurrently must not both use stream-K pieces (one would consume the other's partials; a
@@ -36,6 +37,8 @@ from .gemm_sm90_config import (
     GemmConfig,
     candidate_configs,
     heuristic_config,
+    piece_flags,
+    slot_words,
     stream_k_grid,
 )
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, padded_shape, prepare_weight, unprepare_weight
@@ -53,6 +56,7 @@ __all__ = [
     "precompile",
     "workspace_bytes",
     "reserve_workspace",
+    "workspace_of",
     "stream_k_grid",
 ]
 
@@ -156,7 +160,9 @@ def precompile(arch: str, configs=None) -> list[str]:
 
 # --------------------------------------------------------------------------- workspace
 _ws_lock = threading.Lock()
-_workspaces: dict[int, torch.Tensor] = {}
+# (device index, piece_flags(bn)) -> workspace: the two fix-up protocols must not share words (a
+# prefill launch leaves partials behind, which a decode reducer would take as arrived).
+_workspaces: dict[tuple[int, bool], torch.Tensor] = {}
 # Outgrown workspaces are kept, never freed: CUDA graphs captured earlier still read and write them.
 _retired: list[torch.Tensor] = []
 
@@ -175,23 +181,23 @@ _SMS: dict[int, int] = {}
 
 
 def _ws_need(m: int, n: int, k: int, cfg: GemmConfig, sms: int) -> int:
-    """fp32 workspace elements for a call: one bm x bn slot per CTA."""
+    """32-bit workspace words for a call: one slot per CTA."""
     grid, _total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
     return _ws_elems(m, grid, cfg)
 
 
 def _ws_elems(m: int, grid: int, cfg: GemmConfig) -> int:
-    return -(-m // cfg.bn) * grid * cfg.bm * cfg.bn
+    return -(-m // cfg.bn) * grid * slot_words(cfg.bm, cfg.bn)
 
 
 def _ws_bound(m_max: int, config: GemmConfig, sms: int) -> int:
-    """fp32 elements enough for every M <= m_max: m_tiles * grid.x <= max(SMs * c, m_tiles * cluster)."""
+    """Words enough for every M <= m_max: m_tiles * grid.x <= max(SMs * c, m_tiles * cluster)."""
     m_tiles = -(-max(1, m_max) // config.bn)
-    return max(sms * config.ctas_per_sm, m_tiles * config.cluster) * config.bm * config.bn
+    return max(sms * config.ctas_per_sm, m_tiles * config.cluster) * slot_words(config.bm, config.bn)
 
 
 def workspace_bytes(m_max: int, n: int, config: GemmConfig, sms: int = NUM_SMS_H100) -> int:
-    """Bytes of stream-K workspace (fp32 partials) any call with M <= m_max needs, whatever N
+    """Bytes of stream-K workspace (fp32 partials + flags) any call with M <= m_max needs, whatever N
     (allocated per device by reserve_workspace or the first eager call; shared by all layers)."""
     return 4 * _ws_bound(m_max, config, sms)
 
@@ -200,22 +206,28 @@ def reserve_workspace(device, m_max: int, n: int, config: GemmConfig) -> None:
     """Grow the device's stream-K workspace for calls with M <= m_max (call before graph capture)."""
     idx = device if isinstance(device, int) else torch.device(device).index
     dev = torch.device("cuda", torch.cuda.current_device() if idx is None else idx)
-    _workspace(dev, _ws_bound(m_max, config, _sms(dev)))
+    _workspace(dev, _ws_bound(m_max, config, _sms(dev)), config)
 
 
-def _workspace(device: torch.device, elems: int) -> torch.Tensor:
+def workspace_of(device_index: int, config: GemmConfig) -> torch.Tensor | None:
+    """The workspace calls of `config` on this device use now (dev probes and tests read it)."""
+    return _workspaces.get((device_index, piece_flags(config.bn)))
+
+
+def _workspace(device: torch.device, elems: int, cfg: GemmConfig) -> torch.Tensor:
     idx = device.index if device.index is not None else torch.cuda.current_device()
-    ws = _workspaces.get(idx)
+    key = (idx, piece_flags(cfg.bn))
+    ws = _workspaces.get(key)
     if ws is not None and ws.numel() >= elems:  # the hot path takes no lock (dict reads are atomic)
         return ws
     with _ws_lock:
-        ws = _workspaces.get(idx)
+        ws = _workspaces.get(key)
         if ws is not None and ws.numel() >= elems:
             return ws
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"nvfp4_kit gemm_sm90: stream-K workspace too small for this call during CUDA graph "
-                f"capture (need {elems} fp32); call "
+                f"capture (need {elems} words); call "
                 "gemm_sm90.reserve_workspace(device, m_max, n, config) before capture"
             )
         if ws is not None:
@@ -223,8 +235,8 @@ def _workspace(device: torch.device, elems: int) -> torch.Tensor:
         size = max(elems, 0 if ws is None else ws.numel(), 1)
         empty = SLOT_EMPTY_BITS - (1 << 32)  # as int32
         ws = torch.full((size,), empty, dtype=torch.int32, device=torch.device("cuda", idx))
-        _workspaces[idx] = ws.view(torch.float32)
-        return _workspaces[idx]
+        _workspaces[key] = ws.view(torch.float32)
+        return _workspaces[key]
 
 
 # -------------------------------------------------------------------------------- call
@@ -302,7 +314,7 @@ def gemm_w4a16_out(
     device = x.device
     sms = _sms(device)
     grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
-    ws = _workspace(device, _ws_elems(m, grid, cfg))
+    ws = _workspace(device, _ws_elems(m, grid, cfg), cfg)
     _compiled(cfg).on_current_stream(
         device.index,
         x.data_ptr(),

@@ -36,6 +36,10 @@ __all__ = [
     "stream_k_grid",
     "fits",
     "SLOT_EMPTY_BITS",
+    "PIECE_FULL",
+    "FLAG_WORDS",
+    "piece_flags",
+    "slot_words",
     "TILE_ALIGNED_SLACK",
 ]
 
@@ -43,6 +47,14 @@ NUM_SMS_H100 = 132
 # fp32 bits of a stream-K workspace word that holds no partial (a negative NaN with a payload; GPU
 # arithmetic only ever writes the canonical NaN 0x7fffffff). See gemm_sm90_epilogue.
 SLOT_EMPTY_BITS = 0xFFC0DEAD
+# Piece flags (token tiles of 64+, gemm_sm90_epilogue): a flag word holds SLOT_EMPTY_BITS at rest and
+# PIECE_FULL from its warp's release until the closing CTA has acquired it. FLAG_WORDS per slot,
+# after its bm * bn partials: one per (64-row block, warp), at most 4 blocks x 4 warps, padded to
+# 128 bytes so the flags share no cache line with partials. PIECE_FULL is a NaN payload too: a
+# call with another grid or tile puts its flags where stale partials of an earlier call lie,
+# which hold anything fp32 arithmetic writes, never this.
+PIECE_FULL = 0xFFC0FEED
+FLAG_WORDS = 32
 # Whole-tile runs instead of the equal stream-K cut when they cost at most this many tiles more per
 # CTA. Stream-K cut every tile in two where m_tiles * n_tiles is just under the wave (o and down at
 # M = 512 with 128x128 tiles: 128 tiles, 132 SMs), each CTA parking or closing a 64 KB fp32 partial
@@ -200,6 +212,19 @@ EXPERIMENTAL_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (128, 2, 4, 2, 1, 2),
     (256, 2, 3, 1, 1, 2),
 )
+
+
+def piece_flags(bn: int) -> bool:
+    """Whether the fix-up of bn-token tiles signals arrival by per-warp flags (bn >= 64: partials of
+    32-128 words per thread, where the counter-free protocol's re-marking of every word cost a third
+    of the fix-up's L2 bytes) rather than by each word's own value (decode tiles of a few words per
+    thread, where a separate flag would add an L2 round trip to every fix-up)."""
+    return bn >= 64
+
+
+def slot_words(bm: int, bn: int) -> int:
+    """32-bit words of one CTA's stream-K workspace slot: the bm x bn fp32 partials (+ flags)."""
+    return bm * bn + (FLAG_WORDS if piece_flags(bn) else 0)
 
 
 def fits(cfg: GemmConfig, n: int) -> bool:

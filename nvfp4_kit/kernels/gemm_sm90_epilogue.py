@@ -5,19 +5,28 @@ processing order: at most one "parked" piece (the run's high end, whose row tile
 later CTAs), whole tiles (stored directly), and at most one "closing" piece (the run's low end,
 which finishes a row tile begun by earlier CTAs). A parked piece's fp32 partials go to the CTA's
 workspace slot as soon as it is done. The closing CTA keeps its piece in registers, loads the
-parked partials of the tile's earlier CTAs, re-polls any word still empty, sums them in CTA order
-(deterministic) with its own, stores, and marks the words empty again.
+parked partials of the tile's earlier CTAs, sums them in CTA order (deterministic) with its own,
+and stores. The reducer (a tile's highest CTA) only waits for lower-numbered CTAs, which the
+hardware dispatched before it (CUTLASS's stream-K relies on the same order), and only at the end of
+its run, when its peers are done too. Two ways to know a partial has arrived, by tile size:
 
-No counter, fence or atomic: every workspace word holds SLOT_EMPTY_BITS (a NaN payload no fp32
-arithmetic produces; GPUs write the canonical NaN 0x7fffffff) except between its one write and its
-one read within a launch, so a word's own value says whether it has arrived. Publishing costs a
-store, the reducer's wait one L2 round trip per poll of a whole batch of pieces. The reducer (a
-tile's highest CTA) only waits for lower-numbered CTAs, which the hardware dispatched before it
-(CUTLASS's stream-K relies on the same order), and only at the end of its run, when its peers are
-done too.
-Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a counter cost ~5 us
-per decode kernel, the counter version of this order ~2.5 us.
-Workspace: (m_tiles, grid_x, bm * bn) fp32, one slot per CTA, all words SLOT_EMPTY_BITS at rest.
+- Decode tiles (bn <= 32; a few words per thread, 3-7 pieces per tile): no counter, fence or
+  atomic. Every workspace word holds SLOT_EMPTY_BITS (a NaN payload no fp32 arithmetic produces;
+  GPUs write the canonical NaN 0x7fffffff) except between its one write and its one read within
+  a launch, so a word's own value says whether it has arrived: publishing costs a store, the
+  wait one L2 round trip per poll of a whole batch of pieces, and the reducer marks each word
+  empty again. Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a
+  counter cost ~5 us per decode kernel, the counter version of this order ~2.5 us.
+- Prefill tiles (bn >= 64, gemm_sm90_config.piece_flags; 32-128 words per thread, 1-3 pieces):
+  re-marking every word would write as many bytes as the fix-up reads, all in the burst at the
+  end of the runs. Instead each warp of a parking CTA releases one flag word per 64-row block at
+  the end of its run (publish(): its partial stores have long drained, so the fence is cheap,
+  and every run publishes before it waits, so no chain forms); the reducer's warp acquires it,
+  loads the partials with no per-word check and resets only the flag.
+
+Workspace: (m_tiles, grid_x, slot_words) 32-bit words, one slot per CTA: bm * bn fp32 partials,
+then (prefill tiles) FLAG_WORDS flags; at rest every decode word and every flag is SLOT_EMPTY_BITS.
+The two protocols use separate workspaces (a prefill launch leaves stale partials behind).
 With 2-CTA clusters a "CTA" above is a run (a cluster): its two CTAs hold pieces of the same
 chunks of their own row tiles, so each tile's pieces, parking and closing follow the run's, and
 slot (run, rank) is CTA run * 2 + rank's.
@@ -32,10 +41,11 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync
 
-from .gemm_sm90_config import SLOT_EMPTY_BITS
+from .gemm_sm90_config import PIECE_FULL, SLOT_EMPTY_BITS, piece_flags, slot_words
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
 from .gemm_sm90_ptx import (
     bits_equal,
+    ld_acquire_u32,
     ld_nc_f32,
     ld_relaxed_f32,
     pack_bf16x2,
@@ -43,6 +53,7 @@ from .gemm_sm90_ptx import (
     st_bf16_if,
     st_relaxed_f32,
     st_relaxed_u32,
+    st_release_u32,
     stmatrix_x4_trans,
     trap,
 )
@@ -54,6 +65,8 @@ _WG = 128
 # never reached when the workspace is used as documented (one stream-K GEMM at a time per device).
 _MAX_POLLS = 1 << 23
 _EPI_BARRIER = 1  # named barrier of the consumer warpgroups in the staged epilogue (0: __syncthreads)
+_EMPTY_I32 = SLOT_EMPTY_BITS - (1 << 32)  # the flag values as signed 32-bit words
+_FULL_I32 = PIECE_FULL - (1 << 32)
 
 
 class EpilogueArgs(NamedTuple):
@@ -90,14 +103,25 @@ class StreamKEpilogue:
     block's row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
+    def _slot_base(self, c, epi):
+        """Address of run c's workspace slot for this CTA's rank."""
+        e = epi
+        cta = (Int64(e.bid_m) * Int64(e.runs) + Int64(c)) * self.cluster + Int64(e.rank)
+        return Int64(e.ws_addr) + cta * (slot_words(self.bm, self.bn) * 4)
+
+    @cute.jit
     def _slot(self, c, epi):
         """This thread's first fp32 of run c's workspace slot for this CTA's rank (its words are
         _WG * 4 bytes apart)."""
         e = epi
         nv = self.bm * self.bn // (_WG * self.row_tiles)
-        cta = (Int64(e.bid_m) * Int64(e.runs) + Int64(c)) * self.cluster + Int64(e.rank)
-        slot = cta * (self.bm * self.bn * 4)
-        return Int64(e.ws_addr) + slot + Int64(e.wg) * (nv * _WG * 4) + Int64(e.t) * 4
+        return self._slot_base(c, e) + Int64(e.wg) * (nv * _WG * 4) + Int64(e.t) * 4
+
+    @cute.jit
+    def _flag(self, c, epi):
+        """Run c's flag for this thread's warp of its 64-row block (piece_flags tiles)."""
+        e = epi
+        return self._slot_base(c, e) + (self.bm * self.bn + e.wg * 4 + e.t // 32) * 4
 
     @cute.jit
     def _first_row(self, tile, epi):
@@ -123,8 +147,22 @@ class StreamKEpilogue:
                 self.store(acc, tile, epi, stage)
 
     @cute.jit
+    def publish(self, epi):
+        """piece_flags tiles, after the run's last chunk: if the run parked a piece (its high end's
+        tile goes on past the run), this warp releases the piece's flag for its block. Every lane's
+        partial stores are ordered before the flag by the warp barrier and the release."""
+        if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue):
+            e = epi
+            end = e.g_begin + e.nk
+            if (e.nk > 0) & (((end - 1) // e.k_chunks + 1) * e.k_chunks > end):
+                cute.arch.sync_warp()
+                if e.t % 32 == 0:
+                    st_release_u32(self._flag(e.run, e), Int32(_FULL_I32))
+
+    @cute.jit
     def finish(self, acc, epi, stage=None):
-        """After the run: if it began inside a row tile that ends within it, close that tile."""
+        """After the run (and publish() of every block): if it began inside a row tile that ends
+        within it, close that tile."""
         if cutlass.const_expr(self.skip_epilogue):
             self.keep_alive(acc, epi)
             return
@@ -133,7 +171,7 @@ class StreamKEpilogue:
         t0 = tile * e.k_chunks
         if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
             c_first = ((t0 + 1) * e.runs - 1) // e.total  # the run owning the tile's chunk 0
-            self.reduce(acc, tile, c_first, epi)
+            self.reduce(acc, c_first, epi)
             self.store(acc, tile, epi, stage)
 
     @cute.jit
@@ -146,17 +184,56 @@ class StreamKEpilogue:
                 self.store_direct(acc, Int32(0), epi)
 
     @cute.jit
-    def reduce(self, acc, tile, c_first, epi):
+    def reduce(self, acc, c_first, epi):
         """acc = sum of runs c_first..run-1's parked partials (in run order) + acc."""
+        if cutlass.const_expr(piece_flags(self.bn)):
+            self.reduce_flagged(acc, c_first, epi)
+        else:
+            self.reduce_sentinel(acc, c_first, epi)
+
+    @cute.jit
+    def reduce_flagged(self, acc, c_first, epi):
+        """reduce() for piece_flags tiles: acquire each parked piece's flag for this warp (they
+        were published at the end of their runs, about when this one ended), reset it, then load
+        and sum the partials, `grp` values of every piece per L2 round trip."""
+        e = epi
+        for c in cutlass.range(c_first, e.run, unroll=1):
+            flag = self._flag(c, e)
+            state = ld_acquire_u32(flag)
+            polls = Int32(0)
+            while state != _FULL_I32:
+                polls = polls + 1
+                if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                    trap()
+                state = ld_acquire_u32(flag)
+            cute.arch.sync_warp()  # every lane has acquired before the flag is reset
+            if e.t % 32 == 0:
+                st_relaxed_u32(flag, Int32(_EMPTY_I32))
+        nv = cute.size(acc)
+        # tot + buf + the tile's accumulator fit the registers left after the main loop (ptxas)
+        grp = min(nv, 32)
+        tot = cute.make_rmem_tensor((grp,), Float32)
+        buf = cute.make_rmem_tensor((grp,), Float32)
+        for v0 in cutlass.range_constexpr(0, nv, grp):
+            tot.fill(0.0)
+            for c in cutlass.range(c_first, e.run, unroll=1):
+                pc = self._slot(c, e)
+                for j in cutlass.range_constexpr(grp):
+                    buf[j] = ld_relaxed_f32(pc + (v0 + j) * _WG * 4)
+                for j in cutlass.range_constexpr(grp):
+                    tot[j] = tot[j] + buf[j]
+            for j in cutlass.range_constexpr(grp):
+                acc[v0 + j] = tot[j] + acc[v0 + j]
+
+    @cute.jit
+    def reduce_sentinel(self, acc, c_first, epi):
+        """reduce() for decode tiles: each word's own value says whether it has arrived."""
         e = epi
         nv = cute.size(acc)
         # Running sums in groups of `grp` values (no second full accumulator), `batch` pieces'
         # words loaded at once: each (group, batch) costs one L2 round trip at the end of the
-        # closing CTA's run, on the kernel's critical path. Decode tiles have ~3-7 pieces of a few
-        # values per thread; prefill tiles 1-3 pieces of 32-128 values, where groups of 8 made
-        # 4-16 round trips in a row. The larger groups fit the registers left beside each tile's
-        # accumulator without spilling (ptxas, sm_90a).
-        grp, batch = {8: (8, 8), 16: (8, 8), 32: (8, 8), 64: (32, 1), 128: (32, 1), 256: (16, 2)}[self.bn]
+        # closing CTA's run, on the kernel's critical path (decode tiles have ~3-7 pieces).
+        grp, batch = 8, 8
         grp = min(grp, nv)
         tot = cute.make_rmem_tensor((grp,), Float32)
         buf = cute.make_rmem_tensor((batch * grp,), Float32)
@@ -177,7 +254,7 @@ class StreamKEpilogue:
                         pc = self._slot(c0 + b, epi)
                         for j in cutlass.range_constexpr(grp):
                             tot[j] = tot[j] + buf[b * grp + j]
-                            st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(SLOT_EMPTY_BITS - (1 << 32)))
+                            st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(_EMPTY_I32))
             for j in cutlass.range_constexpr(grp):
                 acc[v0 + j] = tot[j] + acc[v0 + j]
 

@@ -24,7 +24,8 @@ Design (Hopper, swap-AB, mixed input):
      weight bytes (+-1 chunk) whatever N and K are (or runs of whole tiles where they cost little
      more: gemm_sm90_config). A CTA walks its run from high to low chunks.
      A row tile cut between CTAs is fixed up deterministically by its highest CTA, which waits at
-     the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue).
+     the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue: per-word
+     arrival for decode tiles, per-warp flags for prefill tiles).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
      stride), RN to bf16. Prefill tiles (bn >= 64) go as bf16x2 into the stage their last chunk
      freed (stmatrix.trans: swap-AB puts tokens on the accumulator's N side, out is token-major)
@@ -142,7 +143,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         s_addr: Int64,  # uint8 codes (Nt, Kc, 32, 16)
         alpha_addr: Int64,  # fp32 [1] or [n]
         out_addr: Int64,  # bf16 [m, n] row-major
-        ws_addr: Int64,  # fp32 stream-K slots (m_tiles, grid_x, bm * bn), SLOT_EMPTY_BITS at rest
+        ws_addr: Int64,  # stream-K slots (m_tiles, grid_x, slot_words): gemm_sm90_epilogue
         m: Int32,
         n: Int32,
         k: Int32,
@@ -558,6 +559,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     warpgroup.wait_group(0)
                     self.flush_blocks(accs, g, epis, release.index)
         warpgroup.wait_group(0)
+        for e in epis:  # every run publishes its parked piece before any closing waits
+            self.publish(e)
         # the last chunk's stage is still held: finish() may stage the closed tile in it
         for acc, e in zip(accs, epis, strict=True):
             self.finish(acc, e, release.index)
