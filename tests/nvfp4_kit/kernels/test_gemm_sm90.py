@@ -367,14 +367,14 @@ def test_gpu_graph_replay_equals_eager(m, cfg):
 
 
 def _at_rest(cfg) -> bool:
-    """Whether cfg's workspace is back at rest: every word empty (decode tiles) or every flag
-    empty (prefill tiles, whose partials stay behind)."""
-    from nvfp4_kit.kernels.gemm_sm90_config import FLAG_WORDS, SLOT_EMPTY_BITS, piece_flags, slot_words
+    """Whether cfg's workspace is back at rest: every word empty (decode tiles), or no flag left
+    full (prefill tiles: their partials stay behind, and a call with another tile or grid finds
+    its flag words among them; PIECE_FULL is the one value none of them can hold)."""
+    from nvfp4_kit.kernels.gemm_sm90_config import PIECE_FULL, SLOT_EMPTY_BITS, piece_flags
 
     ws = G.workspace_of(torch.cuda.current_device(), cfg).view(torch.int32)
     if piece_flags(cfg.bn):
-        words = slot_words(cfg.bm, cfg.bn)
-        ws = ws[: ws.numel() // words * words].view(-1, words)[:, -FLAG_WORDS:]
+        return not bool((ws == PIECE_FULL - (1 << 32)).any())
     return bool((ws == SLOT_EMPTY_BITS - (1 << 32)).all())
 
 
