@@ -5,7 +5,9 @@ probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipe
 3 = probe 2 without the stream-K fix-up and stores, 4 = launch + pipeline init + exit only,
 5 = the full kernel without the fix-up and stores (what the epilogue costs at prefill),
 6 = the full kernel with the packed words as A, no dequant arithmetic (what the dequant costs),
-7 = a bf16 GEMM in the same pipeline (SS wgmma, the activation stage as A too; bn = 64 * wgs).
+7 = a bf16 GEMM in the same pipeline (SS wgmma, the activation stage as A too; bn = 64 * wgs),
+8 = the full kernel without writing parked partials (bn >= 64: what parking costs), 9 = the full
+kernel without the stream-K fix-up, stores kept (with 5: what the stores cost).
 Probes of one shape and config are replayed interleaved; --cublas adds torch.matmul (bf16) to them.
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
@@ -29,7 +31,10 @@ from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
 from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_graph_times_us  # noqa: E402
 
-PROBE_NAMES = ["full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS"]
+PROBE_NAMES = [
+    "full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS", "no park",
+    "no fixup",
+]
 
 
 @functools.cache

@@ -139,9 +139,10 @@ class StreamKEpilogue:
         tile = g // e.k_chunks
         t0 = tile * e.k_chunks
         if t0 + e.k_chunks > e.g_begin + e.nk:
-            base = self._slot(e.run, epi)
-            for v in cutlass.range_constexpr(cute.size(acc)):
-                st_relaxed_f32(base + v * _WG * 4, acc[v])
+            if cutlass.const_expr(self.probe not in (8, 9)):
+                base = self._slot(e.run, epi)
+                for v in cutlass.range_constexpr(cute.size(acc)):
+                    st_relaxed_f32(base + v * _WG * 4, acc[v])
         else:
             if t0 >= e.g_begin:
                 self.store(acc, tile, epi, stage)
@@ -151,7 +152,7 @@ class StreamKEpilogue:
         """piece_flags tiles, after the run's last chunk: if the run parked a piece (its high end's
         tile goes on past the run), this warp releases the piece's flag for its block. Every lane's
         partial stores are ordered before the flag by the warp barrier and the release."""
-        if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue):
+        if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue and self.probe != 9):
             e = epi
             end = e.g_begin + e.nk
             if (e.nk > 0) & (((end - 1) // e.k_chunks + 1) * e.k_chunks > end):
@@ -171,7 +172,8 @@ class StreamKEpilogue:
         t0 = tile * e.k_chunks
         if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
             c_first = ((t0 + 1) * e.runs - 1) // e.total  # the run owning the tile's chunk 0
-            self.reduce(acc, c_first, epi)
+            if cutlass.const_expr(self.probe != 9):
+                self.reduce(acc, c_first, epi)
             self.store(acc, tile, epi, stage)
 
     @cute.jit

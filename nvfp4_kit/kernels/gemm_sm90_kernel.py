@@ -88,8 +88,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
         # 5 = the full kernel without the fix-up and stores, 6 = the full kernel with the packed
         # words themselves as A (no dequant arithmetic; wgmma path), 7 = a bf16 GEMM in the same
-        # pipeline: SS wgmma with the activation stage's first 64 * wgs rows as A
+        # pipeline: SS wgmma with the activation stage's first 64 * wgs rows as A, 8 = the full
+        # kernel without writing parked partials (flags still published; piece_flags tiles only),
+        # 9 = the full kernel without the stream-K fix-up (no parking, no reduce), stores kept
         self.probe = probe
+        if probe == 8 and bn < 64:
+            raise ValueError("probe 8 keeps the flags and drops the partials: piece_flags tiles (bn >= 64)")
         if probe == 7 and (bn < ROW_TILE * wgs or mt != 1):
             raise ValueError("probe 7 reads the activation stage's first rows as the A tile: bn >= 64 * wgs")
         # Epilogue (gemm_sm90_epilogue): tiles of 64+ tokens read alpha once per row and store
