@@ -17,12 +17,12 @@ its run, when its peers are done too. Two ways to know a partial has arrived, by
   wait one L2 round trip per poll of a whole batch of pieces, and the reducer marks each word
   empty again. Measured on H100 (benchmarks/notes_gemm.md): a "last arrival sums" fix-up with a
   counter cost ~5 us per decode kernel, the counter version of this order ~2.5 us.
-- Prefill tiles (bn >= 64, gemm_sm90_config.piece_flags; 32-128 words per thread, 1-3 pieces):
+- Prefill tiles (bn >= 64, gemm_sm90_config.piece_flags; 32-128 words per thread, 2-6 pieces):
   re-marking every word would write as many bytes as the fix-up reads, all in the burst at the
   end of the runs. Instead each warp of a parking CTA releases one flag word per 64-row block at
   the end of its run (publish(): its partial stores have long drained, so the fence is cheap,
-  and every run publishes before it waits, so no chain forms); the reducer's warp acquires it,
-  loads the partials with no per-word check and resets only the flag.
+  and every run publishes before it waits, so no chain forms); the reducer's warp acquires the
+  flags of all pieces at once, resets them and loads the partials with no per-word check.
 
 Workspace: (m_tiles, grid_x, slot_words) 32-bit words, one slot per CTA: bm * bn fp32 partials,
 then (prefill tiles) FLAG_WORDS flags; at rest every decode word and every flag is SLOT_EMPTY_BITS.
@@ -45,7 +45,6 @@ from .gemm_sm90_config import PIECE_FULL, SLOT_EMPTY_BITS, piece_flags, slot_wor
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
 from .gemm_sm90_ptx import (
     bits_equal,
-    ld_acquire_u32,
     ld_nc_f32,
     ld_relaxed_f32,
     pack_bf16x2,
@@ -195,37 +194,38 @@ class StreamKEpilogue:
 
     @cute.jit
     def reduce_flagged(self, acc, c_first, epi):
-        """reduce() for piece_flags tiles: acquire each parked piece's flag for this warp (they
-        were published at the end of their runs, about when this one ended), reset it, then load
-        and sum the partials, `grp` values of every piece per L2 round trip."""
+        """reduce() for piece_flags tiles. Lane i of the warp waits for piece c_first + i's flag
+        (a tile has 2-6 pieces at prefill: one L2 round trip for all of them; the flags were
+        published at the end of their runs, about when this one ended), acquires it by a fence
+        and resets it; the warp barrier then orders every lane's loads after those acquires.
+        The partials are added piece by piece (in run order, after the CTA's own: deterministic),
+        `batch` words per L2 round trip."""
         e = epi
-        for c in cutlass.range(c_first, e.run, unroll=1):
-            flag = self._flag(c, e)
-            state = ld_acquire_u32(flag)
-            polls = Int32(0)
-            while state != _FULL_I32:
-                polls = polls + 1
-                if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
-                    trap()
-                state = ld_acquire_u32(flag)
-            cute.arch.sync_warp()  # every lane has acquired before the flag is reset
-            if e.t % 32 == 0:
+        for c0 in cutlass.range(c_first, e.run, 32, unroll=1):  # (more than 32 pieces: small N, long K)
+            c = c0 + e.t % 32
+            if c < e.run:
+                flag = self._flag(c, e)
+                state = ld_relaxed_f32(flag)
+                polls = Int32(0)
+                while bits_equal(state, PIECE_FULL) == 0:
+                    polls = polls + 1
+                    if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                        trap()
+                    state = ld_relaxed_f32(flag)
+                cute.arch.fence_acq_rel_gpu()
                 st_relaxed_u32(flag, Int32(_EMPTY_I32))
+        cute.arch.sync_warp()
         nv = cute.size(acc)
-        # tot + buf + the tile's accumulator fit the registers left after the main loop (ptxas)
-        grp = min(nv, 32)
-        tot = cute.make_rmem_tensor((grp,), Float32)
-        buf = cute.make_rmem_tensor((grp,), Float32)
-        for v0 in cutlass.range_constexpr(0, nv, grp):
-            tot.fill(0.0)
-            for c in cutlass.range(c_first, e.run, unroll=1):
-                pc = self._slot(c, e)
-                for j in cutlass.range_constexpr(grp):
+        # buf + the tile's accumulator(s) fit the registers left after the main loop (ptxas)
+        batch = min(nv, 64)
+        buf = cute.make_rmem_tensor((batch,), Float32)
+        for p in cutlass.range(c_first, e.run, unroll=1):
+            pc = self._slot(p, e)
+            for v0 in cutlass.range_constexpr(0, nv, batch):
+                for j in cutlass.range_constexpr(batch):
                     buf[j] = ld_relaxed_f32(pc + (v0 + j) * _WG * 4)
-                for j in cutlass.range_constexpr(grp):
-                    tot[j] = tot[j] + buf[j]
-            for j in cutlass.range_constexpr(grp):
-                acc[v0 + j] = tot[j] + acc[v0 + j]
+                for j in cutlass.range_constexpr(batch):
+                    acc[v0 + j] = acc[v0 + j] + buf[j]
 
     @cute.jit
     def reduce_sentinel(self, acc, c_first, epi):

@@ -391,6 +391,8 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
     # 256-row tiles, two 64-row blocks per warpgroup, each parked and closed on its own
     cases += [(_case(300, 4096, 4096, seed=3), GemmConfig(128, 2, 4, 2, per_step=0, mt=2))]
     cases += [(_case(600, 4096, 4096, seed=4), GemmConfig(256, 2, 3, 1, per_step=1))]  # 128x256
+    # 256 one-chunk runs: 128 pieces per tile, more than a warp's lanes wait for at once
+    cases += [(_case(64, 128, 16384, seed=8), GemmConfig(64, 1, 4, 2))]
     # 2-CTA clusters: both CTAs of a run park and close pieces of their own row tiles
     cases += [(_case(64, 4096, 4096, seed=7), GemmConfig(64, 1, 4, 2, cluster=2))]  # shipped, 2 per SM
     cases += [(_case(300, 6144, 4096, seed=5), GemmConfig(128, 2, 4, 1, cluster=2))]
