@@ -45,6 +45,7 @@ from .gemm_sm90_config import PIECE_FULL, SLOT_EMPTY_BITS, piece_flags, slot_wor
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
 from .gemm_sm90_ptx import (
     bits_equal,
+    ld_acquire_u32,
     ld_nc_f32,
     ld_relaxed_f32,
     pack_bf16x2,
@@ -194,10 +195,11 @@ class StreamKEpilogue:
 
     @cute.jit
     def reduce_flagged(self, acc, c_first, epi):
-        """reduce() for piece_flags tiles. Lane i of the warp waits for piece c_first + i's flag
+        """reduce() for piece_flags tiles. Lane i of the warp acquires piece c_first + i's flag
         (a tile has 2-6 pieces at prefill: one L2 round trip for all of them; the flags were
-        published at the end of their runs, about when this one ended), acquires it by a fence
-        and resets it; the warp barrier then orders every lane's loads after those acquires.
+        published at the end of their runs, about when this one ended) and resets it; the warp
+        barrier then orders every lane's loads after those acquires. (Not a relaxed poll + a
+        fence: fence.acq_rel would also wait for the release store publish() has just issued.)
         The partials are added piece by piece (in run order, after the CTA's own: deterministic),
         `batch` words per L2 round trip."""
         e = epi
@@ -205,14 +207,13 @@ class StreamKEpilogue:
             c = c0 + e.t % 32
             if c < e.run:
                 flag = self._flag(c, e)
-                state = ld_relaxed_f32(flag)
+                state = ld_acquire_u32(flag)
                 polls = Int32(0)
-                while bits_equal(state, PIECE_FULL) == 0:
+                while state != _FULL_I32:
                     polls = polls + 1
                     if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
                         trap()
-                    state = ld_relaxed_f32(flag)
-                cute.arch.fence_acq_rel_gpu()
+                    state = ld_acquire_u32(flag)
                 st_relaxed_u32(flag, Int32(_EMPTY_I32))
         cute.arch.sync_warp()
         nv = cute.size(acc)

@@ -24,6 +24,7 @@ __all__ = [
     "st_relaxed_u32",
     "ld_relaxed_f32",
     "st_release_u32",
+    "ld_acquire_u32",
     "bits_equal",
     "trap",
     "bulk_g2s",
@@ -191,6 +192,21 @@ def st_release_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
         "st.release.gpu.global.u32 [$0], $1;",
         "l,r",
         side_effects=True,
+    )
+
+
+@dsl_user_op
+def ld_acquire_u32(addr: Int64, *, loc=None, ip=None) -> Int32:
+    """gpu-scope acquire load: this thread's later loads see what the releasing thread published
+    (no fence: it does not wait for this thread's earlier stores, as fence.acq_rel does)."""
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Int64(addr).ir_value(loc=loc, ip=ip)],
+            "ld.acquire.gpu.global.u32 $0, [$1];",
+            "=r,l",
+            side_effects=True,
+        )
     )
 
 
