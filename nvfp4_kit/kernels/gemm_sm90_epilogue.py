@@ -199,7 +199,8 @@ class StreamKEpilogue:
         (a tile has 2-6 pieces at prefill: one L2 round trip for all of them; the flags were
         published at the end of their runs, about when this one ended) and resets it; the warp
         barrier then orders every lane's loads after those acquires. (Not a relaxed poll + a
-        fence: fence.acq_rel would also wait for the release store publish() has just issued.)
+        fence.acq_rel, which also waits for the release store publish() has just issued: that
+        form measured 0.5-1.2 us slower on o M = 128, qkv M = 128 and 512, same H100 and run.)
         The partials are added piece by piece (in run order, after the CTA's own: deterministic),
         `batch` words per L2 round trip."""
         e = epi
