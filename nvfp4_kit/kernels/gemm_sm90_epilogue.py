@@ -187,7 +187,8 @@ class StreamKEpilogue:
 
     @cute.jit
     def reduce(self, acc, c_first, epi):
-        """acc = sum of runs c_first..run-1's parked partials (in run order) + acc."""
+        """acc += the parked partials of runs c_first..run-1, summed in a fixed order (run order;
+        decode tiles sum the partials first, prefill tiles add them to acc one by one)."""
         if cutlass.const_expr(piece_flags(self.bn)):
             self.reduce_flagged(acc, c_first, epi)
         else:
