@@ -223,6 +223,31 @@ def test_workspace_bytes_bounds_every_m():
             assert 4 * G._ws_need(m, 4096, 4096, cfg, 132) <= need
 
 
+def test_piece_flag_layout_fits_every_shipped_shape():
+    """Each (64-row block, warp) of a prefill tile has its own flag word inside the slot's flag
+    area; the flag values are NaN payloads no fp32 arithmetic writes (so stale partials never read
+    as a flag) and differ from each other and from the canonical NaN."""
+    import struct
+
+    from nvfp4_kit.kernels.gemm_sm90_config import (
+        FLAG_WORDS,
+        PIECE_FULL,
+        SLOT_EMPTY_BITS,
+        piece_flags,
+        slot_words,
+    )
+
+    for shape in COMPILED_SHAPES + EXPERIMENTAL_SHAPES:
+        cfg = GemmConfig.from_shape(shape)
+        flags = cfg.wgs * cfg.mt * 4 if piece_flags(cfg.bn) else 0
+        assert flags <= FLAG_WORDS, cfg.name
+        assert slot_words(cfg.bm, cfg.bn) == cfg.bm * cfg.bn + (FLAG_WORDS if flags else 0)
+    for bits in (PIECE_FULL, SLOT_EMPTY_BITS):
+        value = struct.unpack("<f", struct.pack("<I", bits))[0]
+        assert value != value and bits != 0x7FFFFFFF  # a NaN, not the canonical one
+    assert PIECE_FULL != SLOT_EMPTY_BITS
+
+
 # ------------------------------------------------------------------------------------ GPU
 def _case(m, n, k, device="cuda", seed=0):
     torch.manual_seed(seed)
