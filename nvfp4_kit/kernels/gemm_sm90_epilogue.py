@@ -238,8 +238,7 @@ class StreamKEpilogue:
         # Running sums in groups of `grp` values (no second full accumulator), `batch` pieces'
         # words loaded at once: each (group, batch) costs one L2 round trip at the end of the
         # closing CTA's run, on the kernel's critical path (decode tiles have ~3-7 pieces).
-        grp, batch = 8, 8
-        grp = min(grp, nv)
+        grp, batch = min(8, nv), 8
         tot = cute.make_rmem_tensor((grp,), Float32)
         buf = cute.make_rmem_tensor((batch * grp,), Float32)
         for v0 in cutlass.range_constexpr(0, nv, grp):

@@ -145,69 +145,57 @@ def st_bf16_if(addr: Int64, value: Float32, keep: Int32, *, loc=None, ip=None) -
     )
 
 
+def _st_gpu_word(addr, value, order: str, ptx_type: str, loc, ip) -> None:
+    """One 4-byte gpu-scope global store (L2) with memory order `order` ("relaxed" / "release")."""
+    inline_ptx(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), value.ir_value(loc=loc, ip=ip)],
+        f"st.{order}.gpu.global.{ptx_type} [$0], $1;",
+        "l,f" if ptx_type == "f32" else "l,r",
+        side_effects=True,
+    )
+
+
+def _ld_gpu_word(addr, order: str, ptx_type: str, loc, ip):
+    """One 4-byte gpu-scope global load (L2; never a stale L1 line) with memory order `order`."""
+    return inline_ptx(
+        T.f32() if ptx_type == "f32" else T.i32(),
+        [Int64(addr).ir_value(loc=loc, ip=ip)],
+        f"ld.{order}.gpu.global.{ptx_type} $0, [$1];",
+        "=f,l" if ptx_type == "f32" else "=r,l",
+        side_effects=True,
+    )
+
+
 @dsl_user_op
 def st_relaxed_f32(addr: Int64, value: Float32, *, loc=None, ip=None) -> None:
     """gpu-scope relaxed store (L2): a word another CTA polls for."""
-    inline_ptx(
-        None,
-        [Int64(addr).ir_value(loc=loc, ip=ip), Float32(value).ir_value(loc=loc, ip=ip)],
-        "st.relaxed.gpu.global.f32 [$0], $1;",
-        "l,f",
-        side_effects=True,
-    )
+    _st_gpu_word(addr, Float32(value), "relaxed", "f32", loc, ip)
 
 
 @dsl_user_op
 def st_relaxed_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
-    inline_ptx(
-        None,
-        [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
-        "st.relaxed.gpu.global.u32 [$0], $1;",
-        "l,r",
-        side_effects=True,
-    )
+    _st_gpu_word(addr, Int32(value), "relaxed", "u32", loc, ip)
 
 
 @dsl_user_op
 def ld_relaxed_f32(addr: Int64, *, loc=None, ip=None) -> Float32:
     """gpu-scope relaxed load (L2; never a stale L1 line)."""
-    return Float32(
-        inline_ptx(
-            T.f32(),
-            [Int64(addr).ir_value(loc=loc, ip=ip)],
-            "ld.relaxed.gpu.global.f32 $0, [$1];",
-            "=f,l",
-            side_effects=True,
-        )
-    )
+    return Float32(_ld_gpu_word(addr, "relaxed", "f32", loc, ip))
 
 
 @dsl_user_op
 def st_release_u32(addr: Int64, value: Int32, *, loc=None, ip=None) -> None:
     """gpu-scope release store: the writes this thread has made or observed (through a barrier)
     are visible to whoever acquires the word."""
-    inline_ptx(
-        None,
-        [Int64(addr).ir_value(loc=loc, ip=ip), Int32(value).ir_value(loc=loc, ip=ip)],
-        "st.release.gpu.global.u32 [$0], $1;",
-        "l,r",
-        side_effects=True,
-    )
+    _st_gpu_word(addr, Int32(value), "release", "u32", loc, ip)
 
 
 @dsl_user_op
 def ld_acquire_u32(addr: Int64, *, loc=None, ip=None) -> Int32:
     """gpu-scope acquire load: this thread's later loads see what the releasing thread published
     (no fence: it does not wait for this thread's earlier stores, as fence.acq_rel does)."""
-    return Int32(
-        inline_ptx(
-            T.i32(),
-            [Int64(addr).ir_value(loc=loc, ip=ip)],
-            "ld.acquire.gpu.global.u32 $0, [$1];",
-            "=r,l",
-            side_effects=True,
-        )
-    )
+    return Int32(_ld_gpu_word(addr, "acquire", "u32", loc, ip))
 
 
 @dsl_user_op
