@@ -7,7 +7,11 @@ probe 1 = no wgmma (data movement + dequant), probe 2 = data movement only (pipe
 6 = the full kernel with the packed words as A, no dequant arithmetic (what the dequant costs),
 7 = a bf16 GEMM in the same pipeline (SS wgmma, the activation stage as A too; bn = 64 * wgs),
 8 = the full kernel without writing parked partials (bn >= 64: what parking costs), 9 = the full
-kernel without the stream-K fix-up, stores kept (with 5: what the stores cost).
+kernel without the stream-K fix-up, stores kept (with 5: what the stores cost), 10 = the full kernel
+whose closers load the parked partials without waiting for flags, 11 = flags waited for, no partial
+loaded, 20 / 20 + d = the full kernel without the closer's prefetch of the parked partials (flags
+released at the end of the run / d chunks after parking), 30 / 30 + d = the same with the prefetch
+(probe 0 is the shipped kernel: prefetch with flags 1 chunk after parking where it applies).
 Probes of one shape and config are replayed interleaved; --cublas adds torch.matmul (bf16) to them.
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
@@ -33,7 +37,7 @@ from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_gra
 
 PROBE_NAMES = [
     "full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS", "no park",
-    "no fixup",
+    "no fixup", "no wait", "wait only",
 ]
 
 
@@ -43,8 +47,14 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
+    # 20 / 20 + d: the full kernel without prefetching the parked partials, their flags released at
+    # the end of the run / d chunks after parking; 30 / 30 + d: the same with prefetch
+    variant = {}
+    if probe >= 20:
+        variant = {"prefetch": probe >= 30, "publish_after": probe % 10 or -1}
     kern = Sm90W4A16Kernel(
-        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), probe, sync_mma, cfg.mt, cfg.cluster
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), 0 if probe >= 20 else probe, sync_mma,
+        cfg.mt, cfg.cluster, **variant,
     )
     return cute.compile(kern, *G._compile_args())
 
@@ -52,7 +62,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="28672x4096")
-    p.add_argument("--m", type=int, default=1)
+    p.add_argument("--m", default="1", help="comma list of token counts")
     p.add_argument(
         "--cfg", default="8,1,8,2,3", help='"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]];..."'
     )
@@ -69,7 +79,8 @@ def main() -> None:
             cfg = GemmConfig.from_spec(spec)
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
-                run(n, k, a.m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas)
+                for m in (int(v) for v in a.m.split(",")):
+                    run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas)
 
 
 def baselines(n: int, k: int) -> None:
@@ -132,7 +143,8 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, c
             )
 
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
-        names.append(f"probe {probe} ({PROBE_NAMES[probe]:9s}) {cfg.name} mma={mma}")
+        label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
+        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma}")
         call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
     if cublas:
         n_copies = copies_to_exceed_l2(n * k * 2)

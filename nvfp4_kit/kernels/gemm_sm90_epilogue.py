@@ -45,9 +45,11 @@ from .gemm_sm90_config import PIECE_FULL, SLOT_EMPTY_BITS, piece_flags, slot_wor
 from .gemm_sm90_layout import ROW_TILE, SCALE_BIAS_LOG2
 from .gemm_sm90_ptx import (
     bits_equal,
+    bulk_g2s,
     ld_acquire_u32,
     ld_nc_f32,
     ld_relaxed_f32,
+    ld_shared_f32,
     pack_bf16x2,
     st_bf16,
     st_bf16_if,
@@ -106,8 +108,12 @@ class StreamKEpilogue:
     def _slot_base(self, c, epi):
         """Address of run c's workspace slot for this CTA's rank."""
         e = epi
-        cta = (Int64(e.bid_m) * Int64(e.runs) + Int64(c)) * self.cluster + Int64(e.rank)
-        return Int64(e.ws_addr) + cta * (slot_words(self.bm, self.bn) * 4)
+        return self._slot_base_of(e.ws_addr, e.bid_m, e.runs, e.rank, c)
+
+    @cute.jit
+    def _slot_base_of(self, ws_addr, bid_m, runs, rank, c):
+        cta = (Int64(bid_m) * Int64(runs) + Int64(c)) * self.cluster + Int64(rank)
+        return Int64(ws_addr) + cta * (slot_words(self.bm, self.bn) * 4)
 
     @cute.jit
     def _slot(self, c, epi):
@@ -148,11 +154,24 @@ class StreamKEpilogue:
                 self.store(acc, tile, epi, stage)
 
     @cute.jit
+    def publish_step(self, epi):
+        """The run's step (chunk index in processing order) after which publish() runs: the end
+        of the run (nk) by default, or publish_after chunks after the parked piece (the run's
+        first) ends."""
+        e = epi
+        at = e.nk
+        if cutlass.const_expr(self.publish_after >= 0):
+            end = e.g_begin + e.nk
+            top = (end - 1) // e.k_chunks * e.k_chunks  # first chunk of the run's highest tile
+            at = cutlass.min(end - cutlass.max(top, e.g_begin) - 1 + self.publish_after, e.nk)
+        return at
+
+    @cute.jit
     def publish(self, epi):
         """piece_flags tiles, after the run's last chunk: if the run parked a piece (its high end's
         tile goes on past the run), this warp releases the piece's flag for its block. Every lane's
         partial stores are ordered before the flag by the warp barrier and the release."""
-        if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue and self.probe != 9):
+        if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue and self.probe not in (9, 10)):
             e = epi
             end = e.g_begin + e.nk
             if (e.nk > 0) & (((end - 1) // e.k_chunks + 1) * e.k_chunks > end):
@@ -175,6 +194,76 @@ class StreamKEpilogue:
             if cutlass.const_expr(self.probe != 9):
                 self.reduce(acc, c_first, epi)
             self.store(acc, tile, epi, stage)
+
+    @cute.jit
+    def fetch_partials(
+        self, x_pipe, prod, stage_base, ws_addr, g_begin, nk, k_chunks, total, runs, run, bid_m
+    ):
+        """Producer warp of a prefetch kernel, after its run's last chunk: if the run closes a
+        tile, the parked partials of the tile's earlier runs stream into the pipeline's stages while
+        the consumers finish their last chunks, one 64-row block per stage (a block's 64 x bn fp32
+        partials are the bytes of a stage's bn x 128 bf16 activations), in the order
+        finish_prefetched() reads them. Lane i acquires (and resets) flag i of a piece before its
+        bulk copies are issued."""
+        t0 = g_begin // k_chunks * k_chunks
+        if (nk > 0) & (t0 < g_begin) & (t0 + k_chunks <= g_begin + nk):
+            c_first = ((t0 + 1) * runs - 1) // total
+            lane = cute.arch.lane_idx()
+            block_bytes = self.bn * 256
+            for c in cutlass.range(c_first, run, unroll=1):
+                base = self._slot_base_of(ws_addr, bid_m, runs, Int32(0), c)
+                if lane < 4 * self.row_tiles:
+                    flag = base + (self.bm * self.bn + lane) * 4
+                    state = ld_acquire_u32(flag)
+                    polls = Int32(0)
+                    while state != _FULL_I32:
+                        polls = polls + 1
+                        if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                            trap()
+                        state = ld_acquire_u32(flag)
+                    st_relaxed_u32(flag, Int32(_EMPTY_I32))
+                cute.arch.sync_warp()
+                # the partials were written by other CTAs' generic stores; the bulk copy reads them
+                # through the async proxy
+                cute.arch.fence_proxy("async.global")
+                for b in cutlass.range_constexpr(self.row_tiles):
+                    x_pipe.sync_object_empty.wait(prod.index, prod.phase)
+                    bar = x_pipe.producer_get_barrier(prod)
+                    with cute.arch.elect_one():
+                        cute.arch.mbarrier_arrive_and_expect_tx(bar, block_bytes)
+                        bulk_g2s(
+                            stage_base + prod.index * block_bytes,
+                            base + b * block_bytes,
+                            block_bytes,
+                            bar.toint(),
+                        )
+                    prod.advance()
+
+    @cute.jit
+    def finish_prefetched(self, accs, epis, x_pipe, read, release, epi):
+        """finish() of a prefetch kernel, for all blocks of the warpgroup: the closing run adds the
+        partials fetch_partials() staged, in run order (each warpgroup waits for and releases every
+        stage; the block's owner reads it), and stores the tile through the last partial's stage.
+        Entered with `release` at the last chunk's stage (still held)."""
+        e = epi
+        tile = e.g_begin // e.k_chunks
+        t0 = tile * e.k_chunks
+        if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
+            c_first = ((t0 + 1) * e.runs - 1) // e.total
+            nv = cute.size(accs[0])
+            for _c in cutlass.range(c_first, e.run, unroll=1):
+                for b in cutlass.range_constexpr(self.row_tiles):
+                    x_pipe.consumer_wait(read)
+                    self.release_stage(x_pipe, release, e)  # the stage before: back to the producer
+                    release.advance()
+                    if e.wg == b // self.mt:
+                        acc = accs[b % self.mt]
+                        thr = e.stage_base + read.index * (self.bn * 256) + e.t * 4
+                        for v in cutlass.range_constexpr(nv):
+                            acc[v] = acc[v] + ld_shared_f32(thr + v * _WG * 4)
+                    read.advance()
+            for acc, be in zip(accs, epis, strict=True):
+                self.store(acc, tile, be, release.index)
 
     @cute.jit
     def keep_alive(self, acc, epi):
@@ -205,19 +294,22 @@ class StreamKEpilogue:
         The partials are added piece by piece (in run order, after the CTA's own: deterministic),
         `batch` words per L2 round trip."""
         e = epi
-        for c0 in cutlass.range(c_first, e.run, 32, unroll=1):  # (more than 32 pieces: small N, long K)
-            c = c0 + e.t % 32
-            if c < e.run:
-                flag = self._flag(c, e)
-                state = ld_acquire_u32(flag)
-                polls = Int32(0)
-                while state != _FULL_I32:
-                    polls = polls + 1
-                    if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
-                        trap()
+        if cutlass.const_expr(self.probe != 10):
+            for c0 in cutlass.range(c_first, e.run, 32, unroll=1):  # (more than 32 pieces: small N, long K)
+                c = c0 + e.t % 32
+                if c < e.run:
+                    flag = self._flag(c, e)
                     state = ld_acquire_u32(flag)
-                st_relaxed_u32(flag, Int32(_EMPTY_I32))
-        cute.arch.sync_warp()
+                    polls = Int32(0)
+                    while state != _FULL_I32:
+                        polls = polls + 1
+                        if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                            trap()
+                        state = ld_acquire_u32(flag)
+                    st_relaxed_u32(flag, Int32(_EMPTY_I32))
+            cute.arch.sync_warp()
+        if cutlass.const_expr(self.probe == 11):
+            return
         nv = cute.size(acc)
         # buf + the tile's accumulator(s) fit the registers left after the main loop (ptxas)
         batch = min(nv, 64)

@@ -52,6 +52,7 @@ import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import BFloat16, Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
+from .gemm_sm90_config import piece_flags
 from .gemm_sm90_epilogue import EpilogueArgs, StreamKEpilogue
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
 from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_b32, ld_shared_v4, mma_bf16_m16n8k16
@@ -72,7 +73,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
-        sync_mma: bool | None = None, mt: int = 1, cluster: int = 1,
+        sync_mma: bool | None = None, mt: int = 1, cluster: int = 1, prefetch: bool | None = None,
+        publish_after: int | None = None,
     ):
         self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
@@ -90,10 +92,27 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # words themselves as A (no dequant arithmetic; wgmma path), 7 = a bf16 GEMM in the same
         # pipeline: SS wgmma with the activation stage's first 64 * wgs rows as A, 8 = the full
         # kernel without writing parked partials (flags still published; piece_flags tiles only),
-        # 9 = the full kernel without the stream-K fix-up (no parking, no reduce), stores kept
+        # 9 = the full kernel without the stream-K fix-up (no parking, no reduce), stores kept,
+        # 10 = the full kernel whose closers load the parked partials without waiting for their
+        # flags (none published), 11 = the flags published and waited for, no partials loaded
         self.probe = probe
-        if probe == 8 and bn < 64:
-            raise ValueError("probe 8 keeps the flags and drops the partials: piece_flags tiles (bn >= 64)")
+        # piece_flags tiles without clusters (default there; the probes keep the other path): the
+        # closing run's producer bulk-copies the parked partials into the pipeline's stages while
+        # the consumers run their last chunks (gemm_sm90_epilogue.fetch_partials)
+        if prefetch is None:
+            prefetch = piece_flags(bn) and cluster == 1 and probe == 0
+        if prefetch and (not piece_flags(bn) or cluster != 1 or probe != 0):
+            raise ValueError(f"prefetch: needs bn >= 64, cluster 1, probe 0; got {bn}, {cluster}, {probe}")
+        self.prefetch = prefetch
+        # piece_flags tiles: a parked piece's flags are released this many chunks after it (< 0: at
+        # the end of the run). Default: 1 chunk with prefetch (its stores have drained by then, so
+        # the release is cheap, and the closer's producer can fetch the partial before the closing
+        # chunks end), else the end of the run.
+        if publish_after is None:
+            publish_after = 1 if prefetch else -1
+        self.publish_after = publish_after
+        if probe in (8, 10, 11) and bn < 64:
+            raise ValueError(f"probe {probe} changes the piece-flag fix-up: piece_flags tiles (bn >= 64)")
         if probe == 7 and (bn < ROW_TILE * wgs or mt != 1):
             raise ValueError("probe 7 reads the activation stage's first rows as the A tile: bn >= 64 * wgs")
         # Epilogue (gemm_sm90_epilogue): tiles of 64+ tokens read alpha once per row and store
@@ -312,7 +331,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
         if warp_idx >= self.producer_warp:
             producer_args = (
-                tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank
+                tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank,
+                (ws_addr, total, runs, run),
             )
             if cutlass.const_expr(self.realloc_registers):
                 cute.arch.setmaxregister_decrease(_PRODUCER_REGS)
@@ -357,7 +377,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def produce(
-        self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank
+        self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank, fix_up
     ):
         """Producer warp: per chunk of the run (high to low), the activation tile by TMA (with
         clusters: this CTA's half of it, multicast to both) and the weight chunks of every row tile
@@ -408,6 +428,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks, rank)
             x_pipe.producer_commit(prod)
             prod.advance()
+        if cutlass.const_expr(self.prefetch):
+            ws_addr, total, runs, run = fix_up
+            g_begin = g_last - nk + 1
+            self.fetch_partials(
+                x_pipe, prod, sB.iterator.toint(), ws_addr, g_begin, nk, k_chunks, total, runs, run, bid_m
+            )
         if cutlass.const_expr(self.cluster > 1):
             # every stage released by both CTAs' consumers: no peer arrival or multicast is still
             # headed for this CTA's shared memory when it exits
@@ -517,6 +543,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         g_last = g_begin + nk - 1
+        publish_at = self.publish_step(epi)
         # A piece of a row tile starts at the tile's last chunk (chunks run high to low) and ends
         # at its chunk 0 or at the run's end; flush() stores or parks it, finish() closes the
         # tile an earlier CTA began.
@@ -524,6 +551,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             # Software-pipelined chunks: chunk i+1 is read and dequantized into the other A
             # fragment while chunk i's 8 wgmmas run (wait_group(1) at each chunk's end).
             n_main = nk - nk % 2
+            n_looped = n_main  # publish_at below this: published inside the loop
             for i0 in cutlass.range(0, n_main, 2, unroll=1):
                 for d in cutlass.range_constexpr(2):
                     i = i0 + d
@@ -538,6 +566,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                         warpgroup.wait_group(0)
                         self.flush_blocks(accs, g, epis, release.index)
+                    if i == publish_at:
+                        self.publish_blocks(epis)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -550,6 +580,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 read.advance()
                 self.flush_blocks(accs, g, epis, release.index)
         else:
+            n_looped = nk
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
                 kc = g - (g // k_chunks) * k_chunks
@@ -562,12 +593,17 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                     warpgroup.wait_group(0)
                     self.flush_blocks(accs, g, epis, release.index)
+                if i == publish_at:
+                    self.publish_blocks(epis)
         warpgroup.wait_group(0)
-        for e in epis:  # every run publishes its parked piece before any closing waits
-            self.publish(e)
-        # the last chunk's stage is still held: finish() may stage the closed tile in it
-        for acc, e in zip(accs, epis, strict=True):
-            self.finish(acc, e, release.index)
+        if publish_at >= n_looped:  # every run publishes its parked piece before any closing waits
+            self.publish_blocks(epis)
+        if cutlass.const_expr(self.prefetch):
+            self.finish_prefetched(accs, epis, x_pipe, read, release, epi)
+        else:
+            # the last chunk's stage is still held: finish() may stage the closed tile in it
+            for acc, e in zip(accs, epis, strict=True):
+                self.finish(acc, e, release.index)
         if cutlass.const_expr(self.staged_store):
             self.wait_staged_reads(epi)  # (shared memory must outlive the TMA store's reads)
         if cutlass.const_expr(self.cluster > 1):
@@ -581,6 +617,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if cutlass.const_expr(self.staged_store):
             self.wait_staged_reads(epi)
         x_pipe.consumer_release(release)
+
+    @cute.jit
+    def publish_blocks(self, epis):
+        for e in epis:
+            self.publish(e)
 
     @cute.jit
     def flush_blocks(self, accs, g, epis, stage):

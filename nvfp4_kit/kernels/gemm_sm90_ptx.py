@@ -30,6 +30,7 @@ __all__ = [
     "bulk_g2s",
     "ld_shared_v4",
     "ld_shared_b32",
+    "ld_shared_f32",
     "mma_bf16_m16n8k16",
     "pack_bf16x2",
     "stmatrix_x4_trans",
@@ -254,6 +255,19 @@ def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
             [Int32(addr).ir_value(loc=loc, ip=ip)],
             "ld.shared.b32 $0, [$1];",
             "=r,r",
+            side_effects=True,
+        )
+    )
+
+
+@dsl_user_op
+def ld_shared_f32(addr: Int32, *, loc=None, ip=None) -> Float32:
+    return Float32(
+        inline_ptx(
+            T.f32(),
+            [Int32(addr).ir_value(loc=loc, ip=ip)],
+            "ld.shared.f32 $0, [$1];",
+            "=f,r",
             side_effects=True,
         )
     )
