@@ -433,3 +433,51 @@ def test_gpu_stream_k_workspace_rests_empty_across_grids():
             else:
                 assert torch.equal(out, first[i]), cfg.name
             assert _at_rest(cfg), f"{cfg.name}: workspace not at rest"
+
+
+def _launch_variant(kernel, x, w, s, alpha, out, cfg):
+    """Compile a kernel object outside the shipped cache and launch it with the arguments
+    gemm_w4a16_out passes (dev variants of the shipped kernel)."""
+    import cutlass.cute as cute
+
+    fn = cute.compile(kernel, *G._compile_args())
+    (m, k), n = x.shape, out.shape[1]
+    grid, total, _ = stream_k_grid(m, n, k, cfg, G._sms(x.device))
+    G.reserve_workspace(x.device, m, n, cfg)
+    ws = G.workspace_of(torch.cuda.current_device(), cfg)
+    ptrs = (x, w, s, alpha, out, ws)
+    values = (*(t.data_ptr() for t in ptrs), m, n, k, -(-k // 128), total, grid, int(alpha.numel() > 1))
+    fn(*G._dsl_args((*values, torch.cuda.current_stream().cuda_stream)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "m,n,k,cfg",
+    [
+        (128, 6144, 4096, GemmConfig(128, 2, 4, 1, per_step=2)),  # 2-3 pieces per tile
+        (512, 4096, 14336, GemmConfig(256, 2, 3, 1, per_step=1)),  # 128x256 tiles, 64 KB per block
+        (300, 4096, 4096, GemmConfig(128, 2, 4, 1, per_step=0, mt=2)),  # 4 blocks per CTA
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_gpu_prefetched_fix_up_equals_l2_fix_up(m, n, k, cfg):
+    """The shipped prefill fix-up (the closer's producer stages the parked partials in shared
+    memory) adds the same partials in the same order as the reduce from L2 it replaced: the two
+    kernels' outputs are bit-identical, and both leave no flag full."""
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
+
+    q, w, s, x = _case(m, n, k)
+    alpha = torch.rand(n, device="cuda") + 0.5
+    shipped = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    G.gemm_w4a16_out(x, w, s, alpha, shipped, cfg)
+    _assert_close_to_reference(shipped, _ref(x, q, alpha))
+    assert _at_rest(cfg)
+    l2_reduce = Sm90W4A16Kernel(
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, prefetch=False, publish_after=-1
+    )
+    assert not l2_reduce.prefetch and G._kernel_for(cfg).prefetch
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _launch_variant(l2_reduce, x, w, s, alpha, out, cfg)
+    torch.cuda.synchronize()
+    assert torch.equal(out, shipped)
+    assert _at_rest(cfg)
