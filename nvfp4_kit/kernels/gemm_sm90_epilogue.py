@@ -19,10 +19,17 @@ its run, when its peers are done too. Two ways to know a partial has arrived, by
   counter cost ~5 us per decode kernel, the counter version of this order ~2.5 us.
 - Prefill tiles (bn >= 64, gemm_sm90_config.piece_flags; 32-128 words per thread, 2-6 pieces):
   re-marking every word would write as many bytes as the fix-up reads, all in the burst at the
-  end of the runs. Instead each warp of a parking CTA releases one flag word per 64-row block at
-  the end of its run (publish(): its partial stores have long drained, so the fence is cheap,
-  and every run publishes before it waits, so no chain forms); the reducer's warp acquires the
-  flags of all pieces at once, resets them and loads the partials with no per-word check.
+  end of the runs. Instead each warp of a parking CTA releases one flag word per 64-row block
+  (publish(): a warp barrier and one release store, after its partial stores have drained;
+  every run publishes before it waits, so no chain forms). Without clusters (the default,
+  `prefetch`) the flags go out one chunk after the parked piece, and the closing CTA's producer
+  warp, once it has issued its run's last chunk, acquires them and bulk-copies the partials into
+  the pipeline stages its consumers free (fetch_partials), so they cross L2 while the last
+  chunks' MMAs run; the consumers add them from shared memory (finish_prefetched). Measured on
+  H100: all closers reading 128 KB partials from L2 at once at the end of their runs cost 4-6 us
+  at M = 512 (benchmarks/notes_gemm.md, v15). With clusters, flags go out at the end of the run
+  and the reducer's warp acquires all pieces' flags at once and loads the partials from L2
+  (reduce_flagged).
 
 Workspace: (m_tiles, grid_x, slot_words) 32-bit words, one slot per CTA: bm * bn fp32 partials,
 then (prefill tiles) FLAG_WORDS flags; at rest every decode word and every flag is SLOT_EMPTY_BITS.
@@ -187,13 +194,25 @@ class StreamKEpilogue:
             self.keep_alive(acc, epi)
             return
         e = epi
-        tile = e.g_begin // e.k_chunks
-        t0 = tile * e.k_chunks
-        if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
-            c_first = ((t0 + 1) * e.runs - 1) // e.total  # the run owning the tile's chunk 0
+        closes, tile, t0 = self._closed_tile(e.g_begin, e.nk, e.k_chunks)
+        if closes:
+            c_first = self._first_run(t0, e.total, e.runs)
             if cutlass.const_expr(self.probe != 9):
                 self.reduce(acc, c_first, epi)
             self.store(acc, tile, epi, stage)
+
+    @cute.jit
+    def _closed_tile(self, g_begin, nk, k_chunks):
+        """(closes, tile, t0): whether the run [g_begin, g_begin + nk) begins inside a row tile that
+        ends within it (the run closes it), that tile and its first chunk."""
+        tile = g_begin // k_chunks
+        t0 = tile * k_chunks
+        return (t0 < g_begin) & (t0 + k_chunks <= g_begin + nk), tile, t0
+
+    @cute.jit
+    def _first_run(self, t0, total, runs):
+        """The run whose chunks include t0 (a tile's chunk 0: the run holding the tile's first piece)."""
+        return ((t0 + 1) * runs - 1) // total
 
     @cute.jit
     def fetch_partials(
@@ -205,9 +224,9 @@ class StreamKEpilogue:
         partials are the bytes of a stage's bn x 128 bf16 activations), in the order
         finish_prefetched() reads them. Lane i acquires (and resets) flag i of a piece before its
         bulk copies are issued."""
-        t0 = g_begin // k_chunks * k_chunks
-        if (nk > 0) & (t0 < g_begin) & (t0 + k_chunks <= g_begin + nk):
-            c_first = ((t0 + 1) * runs - 1) // total
+        closes, _tile, t0 = self._closed_tile(g_begin, nk, k_chunks)
+        if closes & (nk > 0):
+            c_first = self._first_run(t0, total, runs)
             lane = cute.arch.lane_idx()
             block_bytes = self.bn * 256
             for c in cutlass.range(c_first, run, unroll=1):
@@ -246,10 +265,9 @@ class StreamKEpilogue:
         stage; the block's owner reads it), and stores the tile through the last partial's stage.
         Entered with `release` at the last chunk's stage (still held)."""
         e = epi
-        tile = e.g_begin // e.k_chunks
-        t0 = tile * e.k_chunks
-        if (t0 < e.g_begin) & (t0 + e.k_chunks <= e.g_begin + e.nk):
-            c_first = ((t0 + 1) * e.runs - 1) // e.total
+        closes, tile, t0 = self._closed_tile(e.g_begin, e.nk, e.k_chunks)
+        if closes:
+            c_first = self._first_run(t0, e.total, e.runs)
             nv = cute.size(accs[0])
             for _c in cutlass.range(c_first, e.run, unroll=1):
                 for b in cutlass.range_constexpr(self.row_tiles):

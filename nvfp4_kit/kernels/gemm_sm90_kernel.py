@@ -25,7 +25,8 @@ Design (Hopper, swap-AB, mixed input):
      more: gemm_sm90_config). A CTA walks its run from high to low chunks.
      A row tile cut between CTAs is fixed up deterministically by its highest CTA, which waits at
      the end of its run for the lower CTAs' parked partials (gemm_sm90_epilogue: per-word
-     arrival for decode tiles, per-warp flags for prefill tiles).
+     arrival for decode tiles, per-warp flags for prefill tiles, whose partials the closing CTA's
+     producer prefetches into freed pipeline stages while the last chunks run).
   7. Epilogue (gemm_sm90_epilogue): acc * 2^7 * alpha[row] (alpha [1] or [N] by a run-time
      stride), RN to bf16. Prefill tiles (bn >= 64) go as bf16x2 into the stage their last chunk
      freed (stmatrix.trans: swap-AB puts tokens on the accumulator's N side, out is token-major)
