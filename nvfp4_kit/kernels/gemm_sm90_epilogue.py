@@ -215,6 +215,19 @@ class StreamKEpilogue:
         return ((t0 + 1) * runs - 1) // total
 
     @cute.jit
+    def _take_flag(self, flag):
+        """Wait until a piece flag is full (ld.acquire: this thread's later loads, and through a
+        barrier its peers', see the partial it publishes), then set it back to rest."""
+        state = ld_acquire_u32(flag)
+        polls = Int32(0)
+        while state != _FULL_I32:
+            polls = polls + 1
+            if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
+                trap()
+            state = ld_acquire_u32(flag)
+        st_relaxed_u32(flag, Int32(_EMPTY_I32))
+
+    @cute.jit
     def fetch_partials(
         self, x_pipe, prod, stage_base, ws_addr, g_begin, nk, k_chunks, total, runs, run, bid_m
     ):
@@ -232,15 +245,7 @@ class StreamKEpilogue:
             for c in cutlass.range(c_first, run, unroll=1):
                 base = self._slot_base_of(ws_addr, bid_m, runs, Int32(0), c)
                 if lane < 4 * self.row_tiles:
-                    flag = base + (self.bm * self.bn + lane) * 4
-                    state = ld_acquire_u32(flag)
-                    polls = Int32(0)
-                    while state != _FULL_I32:
-                        polls = polls + 1
-                        if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
-                            trap()
-                        state = ld_acquire_u32(flag)
-                    st_relaxed_u32(flag, Int32(_EMPTY_I32))
+                    self._take_flag(base + (self.bm * self.bn + lane) * 4)
                 cute.arch.sync_warp()
                 # the partials were written by other CTAs' generic stores; the bulk copy reads them
                 # through the async proxy
@@ -316,15 +321,7 @@ class StreamKEpilogue:
             for c0 in cutlass.range(c_first, e.run, 32, unroll=1):  # (more than 32 pieces: small N, long K)
                 c = c0 + e.t % 32
                 if c < e.run:
-                    flag = self._flag(c, e)
-                    state = ld_acquire_u32(flag)
-                    polls = Int32(0)
-                    while state != _FULL_I32:
-                        polls = polls + 1
-                        if polls > _MAX_POLLS:  # a partial never came: fail loudly, do not hang
-                            trap()
-                        state = ld_acquire_u32(flag)
-                    st_relaxed_u32(flag, Int32(_EMPTY_I32))
+                    self._take_flag(self._flag(c, e))
             cute.arch.sync_warp()
         if cutlass.const_expr(self.probe == 11):
             return
