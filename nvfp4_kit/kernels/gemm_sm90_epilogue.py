@@ -107,9 +107,11 @@ class EpilogueArgs(NamedTuple):
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.row_tiles, self.cluster, self.hoist_alpha, self.skip_epilogue
-    (set by the kernel class). Each call handles one 64-row block's accumulator; epi.wg is that
-    block's row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
+    """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.hoist_alpha,
+    self.skip_epilogue, self.staged_store, self.probe, self.publish_after and release_stage() (set by
+    the kernel class). Each call handles one 64-row block's accumulator (fetch_partials and
+    finish_prefetched: all of them); epi.wg is that block's row tile within the CTA. `tile`
+    arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
     def _slot_base(self, c, epi):
