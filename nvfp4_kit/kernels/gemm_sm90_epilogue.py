@@ -177,9 +177,10 @@ class StreamKEpilogue:
 
     @cute.jit
     def publish(self, epi):
-        """piece_flags tiles, after the run's last chunk: if the run parked a piece (its high end's
-        tile goes on past the run), this warp releases the piece's flag for its block. Every lane's
-        partial stores are ordered before the flag by the warp barrier and the release."""
+        """piece_flags tiles, at publish_step() (publish_after chunks after the parked piece, or
+        the end of the run): if the run parked a piece (its high end's tile goes on past the run),
+        this warp releases the piece's flag for its block. Every lane's partial stores are ordered
+        before the flag by the warp barrier and the release."""
         if cutlass.const_expr(piece_flags(self.bn) and not self.skip_epilogue and self.probe not in (9, 10)):
             e = epi
             end = e.g_begin + e.nk

@@ -157,15 +157,22 @@ def _st_gpu_word(addr, value, order: str, ptx_type: str, loc, ip) -> None:
     )
 
 
-def _ld_gpu_word(addr, order: str, ptx_type: str, loc, ip):
-    """One 4-byte gpu-scope global load (L2; never a stale L1 line) with memory order `order`."""
+def _ld_word(addr, op: str, ptx_type: str, loc, ip):
+    """One 4-byte load `op`.`ptx_type` (e.g. "ld.relaxed.gpu.global" by a 64-bit global address,
+    "ld.shared" by a 32-bit shared one); f32 or a 32-bit integer register by the type."""
+    wide = op.endswith(".global")
     return inline_ptx(
         T.f32() if ptx_type == "f32" else T.i32(),
-        [Int64(addr).ir_value(loc=loc, ip=ip)],
-        f"ld.{order}.gpu.global.{ptx_type} $0, [$1];",
-        "=f,l" if ptx_type == "f32" else "=r,l",
+        [(Int64(addr) if wide else Int32(addr)).ir_value(loc=loc, ip=ip)],
+        f"{op}.{ptx_type} $0, [$1];",
+        ("=f," if ptx_type == "f32" else "=r,") + ("l" if wide else "r"),
         side_effects=True,
     )
+
+
+def _ld_gpu_word(addr, order: str, ptx_type: str, loc, ip):
+    """One 4-byte gpu-scope global load (L2; never a stale L1 line) with memory order `order`."""
+    return _ld_word(addr, f"ld.{order}.gpu.global", ptx_type, loc, ip)
 
 
 @dsl_user_op
@@ -249,28 +256,12 @@ def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
 
 @dsl_user_op
 def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
-    return Int32(
-        inline_ptx(
-            T.i32(),
-            [Int32(addr).ir_value(loc=loc, ip=ip)],
-            "ld.shared.b32 $0, [$1];",
-            "=r,r",
-            side_effects=True,
-        )
-    )
+    return Int32(_ld_word(addr, "ld.shared", "b32", loc, ip))
 
 
 @dsl_user_op
 def ld_shared_f32(addr: Int32, *, loc=None, ip=None) -> Float32:
-    return Float32(
-        inline_ptx(
-            T.f32(),
-            [Int32(addr).ir_value(loc=loc, ip=ip)],
-            "ld.shared.f32 $0, [$1];",
-            "=f,r",
-            side_effects=True,
-        )
-    )
+    return Float32(_ld_word(addr, "ld.shared", "f32", loc, ip))
 
 
 @dsl_user_op
