@@ -42,7 +42,7 @@ PROBE_NAMES = [
 
 
 @functools.cache
-def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
+def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, ksplit: int = 1):
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
@@ -54,7 +54,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None):
         variant = {"prefetch": probe >= 30, "publish_after": probe % 10 or -1}
     kern = Sm90W4A16Kernel(
         cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), 0 if probe >= 20 else probe, sync_mma,
-        cfg.mt, cfg.cluster, **variant,
+        cfg.mt, cfg.cluster, ksplit=ksplit, **variant,
     )
     return cute.compile(kern, *G._compile_args())
 
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
     p.add_argument("--cublas", action="store_true", help="time torch.matmul bf16 with the probes")
+    p.add_argument("--ksplit", default="1", help="comma list of 1, 2 (two warpgroups per 64-row tile)")
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -80,7 +81,8 @@ def main() -> None:
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 for m in (int(v) for v in a.m.split(",")):
-                    run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas)
+                    for ksplit in (int(v) for v in a.ksplit.split(",")):
+                        run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas, ksplit)
 
 
 def baselines(n: int, k: int) -> None:
@@ -101,7 +103,9 @@ def baselines(n: int, k: int) -> None:
     )
 
 
-def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False) -> None:
+def run(
+    n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False, ksplit: int = 1
+) -> None:
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
     from cutlass.cute.runtime import make_ptr
@@ -121,7 +125,12 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, c
     nbytes = n * k * 0.5625
     names, call_sets = [], []
     for probe in probes:
-        fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync)  # ctas_per_sm: run time
+        try:
+            # ctas_per_sm is a run-time value: one compile serves all
+            fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync, ksplit)
+        except ValueError as e:  # a combination the kernel does not build (e.g. ksplit on wgmma)
+            print(f"skip {cfg.name} probe {probe} mma={sync} ksplit={ksplit}: {e}", flush=True)
+            return
 
         def call(cw, cs, fn=fn):
             stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
@@ -144,7 +153,7 @@ def run(n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, c
 
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
         label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
-        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma}")
+        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} ksplit={ksplit}")
         call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
     if cublas:
         n_copies = copies_to_exceed_l2(n * k * 2)

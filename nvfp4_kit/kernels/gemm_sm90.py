@@ -81,7 +81,8 @@ def _kernel_for(cfg: GemmConfig):
     from .gemm_sm90_kernel import Sm90W4A16Kernel
 
     return Sm90W4A16Kernel(
-        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster,
+        ksplit=cfg.ksplit,
     )
 
 
@@ -123,7 +124,7 @@ _fns: dict[tuple[int, ...], Launcher] = {}  # hot-path memo in front of compile_
 
 
 def _compiled(cfg: GemmConfig) -> Launcher:
-    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt, cfg.cluster)
+    shape = (*cfg.shape, cfg.pdl)
     fn = _fns.get(shape)
     if fn is None:
         key = dict(cfg.compile_key, arch="sm_90a")
