@@ -37,12 +37,12 @@ from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_gra
 
 PROBE_NAMES = [
     "full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS", "no park",
-    "no fixup", "no wait", "wait only",
+    "no fixup", "no wait", "wait only", "B in regs",
 ]
 
 
 @functools.cache
-def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, ksplit: int = 1):
+def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, accs: int = 2):
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
@@ -54,7 +54,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, ksplit: 
         variant = {"prefetch": probe >= 30, "publish_after": probe % 10 or -1}
     kern = Sm90W4A16Kernel(
         cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), 0 if probe >= 20 else probe, sync_mma,
-        cfg.mt, cfg.cluster, ksplit=ksplit, **variant,
+        cfg.mt, cfg.cluster, sync_accumulators=accs, **variant,
     )
     return cute.compile(kern, *G._compile_args())
 
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
     p.add_argument("--cublas", action="store_true", help="time torch.matmul bf16 with the probes")
-    p.add_argument("--ksplit", default="1", help="comma list of 1, 2 (two warpgroups per 64-row tile)")
+    p.add_argument("--accs", default="2", help="comma list: mma.sync accumulators k16 steps alternate over")
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -81,8 +81,8 @@ def main() -> None:
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 for m in (int(v) for v in a.m.split(",")):
-                    for ksplit in (int(v) for v in a.ksplit.split(",")):
-                        run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas, ksplit)
+                    for accs in (int(v) for v in a.accs.split(",")):
+                        run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas, accs)
 
 
 def baselines(n: int, k: int) -> None:
@@ -104,7 +104,7 @@ def baselines(n: int, k: int) -> None:
 
 
 def run(
-    n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False, ksplit: int = 1
+    n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False, accs: int = 2
 ) -> None:
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
@@ -127,9 +127,9 @@ def run(
     for probe in probes:
         try:
             # ctas_per_sm is a run-time value: one compile serves all
-            fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync, ksplit)
-        except ValueError as e:  # a combination the kernel does not build (e.g. ksplit on wgmma)
-            print(f"skip {cfg.name} probe {probe} mma={sync} ksplit={ksplit}: {e}", flush=True)
+            fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync, accs)
+        except ValueError as e:  # a combination the kernel does not build (e.g. probe 12 on wgmma)
+            print(f"skip {cfg.name} probe {probe} mma={sync} accs={accs}: {e}", flush=True)
             return
 
         def call(cw, cs, fn=fn):
@@ -153,7 +153,7 @@ def run(
 
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
         label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
-        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} ksplit={ksplit}")
+        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} accs={accs}")
         call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
     if cublas:
         n_copies = copies_to_exceed_l2(n * k * 2)

@@ -81,8 +81,7 @@ def _kernel_for(cfg: GemmConfig):
     from .gemm_sm90_kernel import Sm90W4A16Kernel
 
     return Sm90W4A16Kernel(
-        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster,
-        ksplit=cfg.ksplit,
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster
     )
 
 
@@ -124,7 +123,7 @@ _fns: dict[tuple[int, ...], Launcher] = {}  # hot-path memo in front of compile_
 
 
 def _compiled(cfg: GemmConfig) -> Launcher:
-    shape = (*cfg.shape, cfg.pdl)
+    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt, cfg.cluster)
     fn = _fns.get(shape)
     if fn is None:
         key = dict(cfg.compile_key, arch="sm_90a")

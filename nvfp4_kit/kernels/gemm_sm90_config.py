@@ -65,8 +65,6 @@ FLAG_WORDS = 32
 # one tile per CTA 325 us).
 TILE_ALIGNED_SLACK = 0.15
 _BNS = (8, 16, 32, 64, 128, 256)
-# (bn, wgs, stages, per_step, mt, cluster, ksplit): the compile-time fields of a GemmConfig
-Shape = tuple[int, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -90,10 +88,6 @@ class GemmConfig:
     # by TMA multicast, which halves x's L2 traffic per FLOP as mt 2 does, with no larger tile
     # (per_step and the register budget stay those of the 1-CTA kernel). Shipped for bn 64.
     cluster: int = 1
-    # ksplit 2 (bn 8, the mma.sync decode path): two consumer warpgroups share the 64-row tile, each
-    # taking half of every chunk's k16 steps (gemm_sm90_kernel.consume_sync): twice the warps per SM
-    # on the dequant + MMA chain without more stream-K pieces.
-    ksplit: int = 1
 
     def __post_init__(self) -> None:
         if self.bn not in _BNS:
@@ -118,10 +112,6 @@ class GemmConfig:
             raise ValueError(f"cluster={self.cluster}: expected 1 or 2")
         if self.cluster == 2 and self.bn < 32:
             raise ValueError(f"{self.name}: cluster=2 needs bn >= 32 (wgmma; decode shares little x)")
-        if self.ksplit not in (1, 2):
-            raise ValueError(f"ksplit={self.ksplit}: expected 1 or 2")
-        if self.ksplit == 2 and (self.bn, self.wgs, self.mt, self.cluster) != (8, 1, 1, 1):
-            raise ValueError(f"{self.name}: ksplit=2 is the bn 8 mma.sync kernel's (wgs 1, mt 1, cluster 1)")
 
     @property
     def bm(self) -> int:
@@ -130,15 +120,14 @@ class GemmConfig:
     @property
     def smem_bytes(self) -> int:
         """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup)."""
-        joined = ROW_TILE * self.bn * 4 if self.ksplit == 2 else 0  # the second warpgroup's sums
-        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * self.mt * (4096 + 512)) + joined + 1024
+        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * self.mt * (4096 + 512)) + 1024
 
     @property
     def name(self) -> str:
         return (
             f"bn{self.bn}_wg{self.wgs}{'_mt2' if self.mt == 2 else ''}_st{self.stages}_p{self.per_step}"
             f"{'_pdl' if self.pdl else ''}{'_cl2' if self.cluster == 2 else ''}"
-            f"{'_k2' if self.ksplit == 2 else ''}_c{self.ctas_per_sm}"
+            f"_c{self.ctas_per_sm}"
         )
 
     @property
@@ -152,11 +141,8 @@ class GemmConfig:
             "pdl": self.pdl,
             "mt": self.mt,
         }
-        # absent at their defaults: the cache keys of the kernels without them stay as they were
-        if self.cluster != 1:
+        if self.cluster != 1:  # absent for 1: cache keys of the 1-CTA kernels stay as they were
             key["cluster"] = self.cluster
-        if self.ksplit != 1:
-            key["ksplit"] = self.ksplit
         return key
 
     def to_dict(self) -> dict[str, int | str]:
@@ -164,23 +150,22 @@ class GemmConfig:
         return {**dataclasses.asdict(self), "name": self.name}
 
     @property
-    def shape(self) -> Shape:
-        """(bn, wgs, stages, per_step, mt, cluster, ksplit): its COMPILED_SHAPES / EXPERIMENTAL_SHAPES
-        entry."""
-        return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster, self.ksplit)
+    def shape(self) -> tuple[int, int, int, int, int, int]:
+        """(bn, wgs, stages, per_step, mt, cluster): its COMPILED_SHAPES / EXPERIMENTAL_SHAPES entry."""
+        return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster)
 
     @classmethod
-    def from_shape(cls, shape: Shape, ctas_per_sm: int = 1) -> GemmConfig:
-        bn, wgs, stages, per_step, mt, cluster, ksplit = shape
-        return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster, ksplit=ksplit)
+    def from_shape(cls, shape: tuple[int, int, int, int, int, int], ctas_per_sm: int = 1) -> GemmConfig:
+        bn, wgs, stages, per_step, mt, cluster = shape
+        return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster)
 
     @classmethod
     def from_spec(cls, spec: str) -> GemmConfig:
-        """"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster[,ksplit]]]]" (the benchmarks'
-        config syntax; omitted trailing fields are 1)."""
+        """"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]]" (the benchmarks' config
+        syntax; omitted trailing fields are 1)."""
         bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in spec.split(","))
-        pdl, mt, cluster, ksplit = (opt + [1, 1, 1, 1][len(opt) :])[:4]
-        return cls(bn, wgs, stages, ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster, ksplit=ksplit)
+        pdl, mt, cluster = (opt + [1, 1, 1][len(opt) :])[:3]
+        return cls(bn, wgs, stages, ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster)
 
     @classmethod
     def from_dict(cls, d: dict) -> GemmConfig:
@@ -204,29 +189,28 @@ class GemmConfig:
 # per_step 1 beat 0 by 4-10% at M = 512..4096 (gate_up M = 4096: 1356 / 1411 / 1506 us for p1 / p2 / p0).
 # bn 128 per_step 1 measured within 1-3% of per_step 2, the faster at most points of M = 128..1024
 # (H100, 2026-12-07); both stay candidates.
-COMPILED_SHAPES: tuple[Shape, ...] = (
-    (8, 1, 8, 2, 1, 1, 1),
-    (8, 1, 8, 2, 1, 1, 2),
-    (16, 1, 7, 2, 1, 1, 1),
-    (32, 1, 5, 0, 1, 1, 1),
-    (32, 1, 5, 2, 1, 1, 1),
-    (64, 1, 4, 2, 1, 1, 1),
-    (64, 1, 4, 2, 1, 2, 1),
-    (128, 2, 4, 1, 1, 1, 1),
-    (128, 2, 4, 2, 1, 1, 1),
-    (128, 2, 4, 0, 2, 1, 1),
-    (256, 2, 3, 1, 1, 1, 1),
-    (256, 2, 3, 2, 1, 1, 1),
+COMPILED_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (8, 1, 8, 2, 1, 1),
+    (16, 1, 7, 2, 1, 1),
+    (32, 1, 5, 0, 1, 1),
+    (32, 1, 5, 2, 1, 1),
+    (64, 1, 4, 2, 1, 1),
+    (64, 1, 4, 2, 1, 2),
+    (128, 2, 4, 1, 1, 1),
+    (128, 2, 4, 2, 1, 1),
+    (128, 2, 4, 0, 2, 1),
+    (256, 2, 3, 1, 1, 1),
+    (256, 2, 3, 2, 1, 1),
 )
 # Built and checked (CPU compile tests, `bench_gemm.py check`, the GPU tests) but in no candidate
 # list: the 2-CTA cluster variants of the prefill tiles. They cut L2 traffic as designed (ncu
 # lts__t_bytes: gate_up M = 4096 bn256 9.03 -> 6.49 GB, qkv M = 512 bn128 323 -> 210 MB) and ran no
 # faster (1.28 vs 1.26 ms, 60.4 vs 60.3 us; best cluster config against best 1-CTA config: -1.3..+3.8%
 # over the 24 points qkv/o/gate_up/down x M = 128..4096; H100, benchmarks/notes_gemm.md v12).
-EXPERIMENTAL_SHAPES: tuple[Shape, ...] = (
-    (128, 2, 4, 1, 1, 2, 1),
-    (128, 2, 4, 2, 1, 2, 1),
-    (256, 2, 3, 1, 1, 2, 1),
+EXPERIMENTAL_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (128, 2, 4, 1, 1, 2),
+    (128, 2, 4, 2, 1, 2),
+    (256, 2, 3, 1, 1, 2),
 )
 
 
@@ -271,9 +255,8 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     return g * cfg.cluster, total, n_tiles
 
 
-def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1, ksplit: int = 1) -> GemmConfig:
-    want = (bn, per_step, mt, cluster, ksplit)
-    shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4], s[5], s[6]) == want)
+def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1) -> GemmConfig:
+    shape = next(s for s in COMPILED_SHAPES if (s[0], s[3], s[4], s[5]) == (bn, per_step, mt, cluster))
     return GemmConfig.from_shape(shape, ctas)
 
 
@@ -287,7 +270,7 @@ def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1, kspli
 # won every shape at M = 1024 and four of five at 512 (qkv 46.5 vs 46.9 us, down 93.8 vs 101.4;
 # o lost, 34.6 vs 27.4), and bn128 per_step 2 won three of five at M = 256 (o 19.8 vs 29.4 us).
 _CANDIDATES: dict[int, tuple[tuple[int, ...], ...]] = {
-    8: ((8, 2, 2), (8, 2, 3), (8, 2, 4), (16, 2, 3), (8, 2, 2, 1, 1, 2), (8, 2, 3, 1, 1, 2)),
+    8: ((8, 2, 2), (8, 2, 3), (8, 2, 4), (16, 2, 3)),
     16: ((16, 2, 3), (16, 2, 2), (8, 2, 2)),
     32: ((32, 0, 3), (32, 2, 3), (16, 2, 3)),
     64: ((64, 2, 2, 1, 2), (64, 2, 2), (32, 0, 3), (128, 2, 1), (64, 2, 1, 1, 2)),

@@ -12,9 +12,7 @@ Design (Hopper, swap-AB, mixed input):
      16-byte loads), dequantize in registers (gemm_sm90_ptx: e2m1 -> bf16 by bit placement, times
      the e4m3 scale, one bf16x2 multiply per 2 values) into wgmma's register A operand (RS wgmma);
      the activations are the shared-memory B operand. bn = 8 (decode) uses warp-level mma.sync on
-     the same A registers instead (consume_sync: no wgmma issue/fence/wait per 1024 weights);
-     with `ksplit` 2 two warpgroups share its 64-row tile, each taking half of every chunk's k16
-     steps, and join their sums in shared memory where a piece ends.
+     the same A registers instead (consume_sync: no wgmma issue/fence/wait per 1024 weights).
   4. Overlap of dequant and MMA (`per_step`): 2 (default) dequantizes chunk i+1 into a second A
      fragment while chunk i's 8 chained wgmmas run; 1 fences and issues per k16 step with 7 wgmmas
      in flight; 0 waits for each chunk. Measured within 3% of each other at decode (the data
@@ -58,15 +56,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from .gemm_sm90_config import piece_flags
 from .gemm_sm90_epilogue import EpilogueArgs, StreamKEpilogue
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
-from .gemm_sm90_ptx import (
-    bulk_g2s,
-    dequant_step,
-    ld_shared_b32,
-    ld_shared_f32,
-    ld_shared_v4,
-    mma_bf16_m16n8k16,
-    st_shared_f32,
-)
+from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_b32, ld_shared_v4, mma_bf16_m16n8k16
 
 __all__ = ["Sm90W4A16Kernel"]
 
@@ -74,9 +64,6 @@ _WG = 128  # threads per warpgroup
 _W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
 _S_CHUNK_BYTES = SCALE_GROUPS * 16  # scale codes of one 64-row tile x one K chunk (512 B)
 _SYNC_ACCUMULATORS = 2  # mma.sync path: independent accumulators the k16 steps alternate over
-# ksplit 2: named barriers of the two consumer warpgroups (1 is the staged epilogue's, bn >= 64)
-_KSPLIT_FREE_BARRIER = 2
-_KSPLIT_FULL_BARRIER = 3
 # setmaxnreg split of the 64K registers of an SM (one CTA of 3 warpgroups): 128 x 40 + 256 x 232
 _PRODUCER_REGS = 40
 _CONSUMER_REGS = 232
@@ -88,7 +75,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
         sync_mma: bool | None = None, mt: int = 1, cluster: int = 1, prefetch: bool | None = None,
-        publish_after: int | None = None, ksplit: int = 1,
+        publish_after: int | None = None, sync_accumulators: int = _SYNC_ACCUMULATORS,
     ):
         self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
@@ -98,16 +85,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             raise ValueError(f"bn={bn}: the mma.sync path serves bn 8 and 16")
         if cluster not in (1, 2) or (cluster == 2 and self.sync_mma):
             raise ValueError(f"cluster={cluster}: 1, or 2 on the wgmma path")
-        # ksplit 2 (mma.sync path): two consumer warpgroups share one 64-row tile, each taking 4 of
-        # a chunk's 8 k16 steps; their sums meet in shared memory where a piece ends. At decode a
-        # chunk's dequant + MMA chain is latency-bound with 2 consumer warps per scheduler, so
-        # twice the warps on half the steps each halve a chunk's time without more stream-K pieces.
-        if ksplit not in (1, 2) or (ksplit == 2 and not (self.sync_mma and wgs == 1 and mt == 1)):
-            raise ValueError(f"ksplit={ksplit}: 1, or 2 on the mma.sync path with one 64-row tile")
-        self.ksplit = ksplit
-        self.consumer_wgs = wgs * ksplit
-        self.ksplit_bytes = ROW_TILE * bn * 4 if ksplit > 1 else 0
         self.pdl = pdl
+        # (dev probes) independent mma.sync accumulators the k16 steps alternate over: 2 ships
+        if STEPS % sync_accumulators:
+            raise ValueError(f"sync_accumulators={sync_accumulators}: a divisor of {STEPS}")
+        self.sync_accumulators = sync_accumulators
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
@@ -117,7 +99,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # kernel without writing parked partials (flags still published; piece_flags tiles only),
         # 9 = the full kernel without the stream-K fix-up (no parking, no reduce), stores kept,
         # 10 = the full kernel whose closers load the parked partials without waiting for their
-        # flags (none published), 11 = the flags published and waited for, no partials loaded
+        # flags (none published), 11 = the flags published and waited for, no partials loaded,
+        # 12 = the mma.sync path (bn 8) with its B operands from registers (no shared loads of x)
         self.probe = probe
         # piece_flags tiles without clusters (default there; the probes keep the other path): the
         # closing run's producer bulk-copies the parked partials into the pipeline's stages while
@@ -134,6 +117,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if publish_after is None:
             publish_after = 1 if prefetch else -1
         self.publish_after = publish_after
+        if probe == 12 and not self.sync_mma:
+            raise ValueError("probe 12 changes the mma.sync path's B operands: bn 8 (or sync_mma)")
         if probe in (8, 10, 11) and bn < 64:
             raise ValueError(f"probe {probe} changes the piece-flag fix-up: piece_flags tiles (bn >= 64)")
         if probe == 7 and (bn < ROW_TILE * wgs or mt != 1):
@@ -155,7 +140,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self.w_stage_bytes = self.row_tiles * (_W_CHUNK_BYTES + _S_CHUNK_BYTES)
         self.bm = ROW_TILE * self.row_tiles
         self.bk = K_CHUNK
-        self.producer_warp = 4 * self.consumer_wgs
+        self.producer_warp = 4 * wgs
         # mt 2 holds 2 accumulators + 2 A fragments (~210 registers per consumer thread, above the
         # 168 that 384 threads get by default): a whole producer warpgroup gives its registers to
         # the consumers with setmaxnreg (which acts per warpgroup).
@@ -166,7 +151,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # stage its last chunk came through (bn x 128 activations = bn x bm outputs when bm <= 128)
         # by stmatrix.trans, then out by one TMA store; decode tiles (bn <= 32) store directly.
         self.staged_store = bn >= 64 and mt == 1 and not self.sync_mma
-        self.num_threads = _WG * self.consumer_wgs + (_WG if self.realloc_registers else 32)
+        self.num_threads = _WG * wgs + (_WG if self.realloc_registers else 32)
 
     def _mma(self):
         return sm90_utils.make_trivial_tiled_mma(
@@ -222,9 +207,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         class SharedStorage:
             bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem_staged)], 1024]
-            # (ksplit 2: followed by the 64 x bn fp32 sums of the second warpgroup, consume_sync)
-            sW: cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, self.stages * self.w_stage_bytes
-                                                       + self.ksplit_bytes], 128]
+            sW: cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, self.stages * self.w_stage_bytes], 128]
 
         self.shared_storage = SharedStorage
         grid_y = (m + self.bn - 1) // self.bn
@@ -345,9 +328,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
             # one arrival per consumer warp of every CTA that reads the stage's activations
-            consumer_group=pipeline.CooperativeGroup(
-                pipeline.Agent.Thread, 4 * self.consumer_wgs * self.cluster
-            ),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.wgs * self.cluster),
             tx_count=tx_bytes,
             cta_layout_vmnk=cute.make_layout((1, self.cluster, 1, 1)),
             defer_sync=True,
@@ -373,10 +354,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             # ================= consumer warpgroups: dequant + MMA =================
             wg = tidx // _WG
             t = tidx % _WG
-            k_part = Int32(0)  # ksplit: which half of each chunk's k16 steps this warpgroup takes
-            if cutlass.const_expr(self.ksplit > 1):
-                k_part = wg % self.ksplit
-                wg = wg // self.ksplit
             epi = EpilogueArgs(
                 alpha_addr=alpha_addr,
                 out_addr=out_addr,
@@ -402,7 +379,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 out_tma_ok=out_tma_ok,
             )
             if cutlass.const_expr(self.sync_mma):
-                self.consume_sync(sB, x_pipe, sw_base, epi, k_part)
+                self.consume_sync(sB, x_pipe, sw_base, epi)
             else:
                 self.consume(mma_first, mma_acc, sB, x_pipe, sw_base, epi)
 
@@ -660,7 +637,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             self.flush(acc, g, e, stage)
 
     @cute.jit
-    def consume_sync(self, sB, x_pipe, sw_base, epi, k_part):
+    def consume_sync(self, sB, x_pipe, sw_base, epi):
         """Decode consumer (bn 8/16): each warp multiplies its 16 rows of the dequantized tile with
         mma.sync m16n8k16, reading the activations' B fragments straight from the swizzled stage.
 
@@ -668,16 +645,14 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         of issue, fence and completion per 1024 weights; a CTA's few chunks arrive near the end
         of the kernel, so that cost lands on the critical path (dev probe: full kernel vs no
         wgmma, ~3 us on the 4096 x 4096 shape). mma.sync takes the same A fragment registers.
-        The k16 steps of a chunk alternate between two accumulators (summed at each flush), so
-        consecutive mma.syncs do not wait for each other. With ksplit 2, warpgroup k_part takes
-        steps 4 k_part .. 4 k_part + 3 (the chunk's k half k_part) and the second warpgroup's sums
-        join the first's, which stores or parks them, where a piece ends.
+        The 8 k16 steps of a chunk alternate between two accumulators (summed at each flush), so
+        consecutive mma.syncs do not wait for each other.
         """
         g_begin, nk, k_chunks, t = epi.g_begin, epi.nk, epi.k_chunks, epi.t
         # epi.thr_mma (a wgmma slice) only gives the accumulator layout: per warp, wgmma's C
         # fragment is mma.sync's
         acc_shape = epi.thr_mma.partition_shape_C((ROW_TILE, self.bn))
-        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(_SYNC_ACCUMULATORS)]
+        accs = [cute.make_rmem_tensor(acc_shape, Float32) for _ in range(self.sync_accumulators)]
         for a in accs:
             a.fill(0.0)
         acc = cute.make_rmem_tensor(acc_shape, Float32)  # their sum, what flush() reads
@@ -691,7 +666,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         lane_c = t % 4
         b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
         stage_bytes = self.bn * K_CHUNK * 2
-        joined = sw_base + self.stages * self.w_stage_bytes  # ksplit: the second warpgroup's sums
         g_last = g_begin + nk - 1
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         for i in cutlass.range(nk, unroll=1):
@@ -702,24 +676,21 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     a.fill(0.0)
             x_pipe.consumer_wait(read)
             if cutlass.const_expr(not self.skip_math):
+                self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
                 b_stage = b_lane + read.index * stage_bytes
-                steps = STEPS
-                if cutlass.const_expr(self.ksplit == 1):
-                    self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
-                else:
-                    self.read_k_half_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes, k_part)
-                    b_stage = b_stage + k_part * (self.bn // 8) * 1024
-                    steps = STEPS // 2
-                for s in cutlass.range_constexpr(steps):
+                for s in cutlass.range_constexpr(STEPS):
                     r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
                     if cutlass.const_expr(self.probe != 1):
-                        a = accs[s % _SYNC_ACCUMULATORS]
+                        a = accs[s % self.sync_accumulators]
                         for nb in cutlass.range_constexpr(self.bn // 8):
                             b = []
                             for h in cutlass.range_constexpr(2):
                                 q = 2 * (s % 4) + h  # 16-byte chunk of k = 16 s + 8 h + 2 c
                                 off = (s // 4) * (self.bn // 8) * 1024 + nb * 1024
-                                b.append(ld_shared_b32(b_stage + off + ((q ^ lane_g) << 4)))
+                                if cutlass.const_expr(self.probe == 12):  # B from registers
+                                    b.append(wbuf[(s + h) % 8])
+                                else:
+                                    b.append(ld_shared_b32(b_stage + off + ((q ^ lane_g) << 4)))
                             d = mma_bf16_m16n8k16(r, b[0], b[1], [a[4 * nb + e] for e in range(4)])
                             for e in cutlass.range_constexpr(4):
                                 a[4 * nb + e] = d[e]
@@ -727,40 +698,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             read.advance()
             if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                 self.sum_into(acc, accs)
-                if cutlass.const_expr(self.ksplit == 1):
-                    self.flush(acc, g, epi)
-                else:
-                    self.join_k_parts(acc, k_part, joined, t)
-                    if k_part == 0:
-                        self.flush(acc, g, epi)
-        if cutlass.const_expr(self.ksplit == 1):
-            self.sum_into(acc, accs)
-            self.finish(acc, epi)
-        elif k_part == 0:  # acc holds the joined sums of the run's last piece (nk >= 1)
-            self.finish(acc, epi)
-
-    @cute.jit
-    def read_k_half_words(self, wbuf, w_thr, s_thr, stage, k_part):
-        """ksplit 2: wbuf[0:4] = this thread's 4 nibble words of k half k_part (steps 4 k_part..),
-        wbuf[8:10] = the scale-code words of rows g, g + 8 for those steps."""
-        v = ld_shared_v4(w_thr + stage + k_part * (_WG * 16))
-        for j in cutlass.range_constexpr(4):
-            wbuf[j] = v[j]
-        for j in cutlass.range_constexpr(2):
-            wbuf[8 + j] = ld_shared_b32(s_thr + stage + k_part * 8 + j * 4)
-
-    @cute.jit
-    def join_k_parts(self, acc, k_part, joined, t):
-        """ksplit 2, where a piece ends: acc of warpgroup 0 += acc of warpgroup 1, through shared
-        memory (the first barrier: warpgroup 0 has read the previous piece's sums)."""
-        cute.arch.barrier(barrier_id=_KSPLIT_FREE_BARRIER, number_of_threads=2 * _WG)
-        if k_part == 1:
-            for v in cutlass.range_constexpr(cute.size(acc)):
-                st_shared_f32(joined + (v * _WG + t) * 4, acc[v])
-        cute.arch.barrier(barrier_id=_KSPLIT_FULL_BARRIER, number_of_threads=2 * _WG)
-        if k_part == 0:
-            for v in cutlass.range_constexpr(cute.size(acc)):
-                acc[v] = acc[v] + ld_shared_f32(joined + (v * _WG + t) * 4)
+                self.flush(acc, g, epi)
+        self.sum_into(acc, accs)
+        self.finish(acc, epi)
 
     @cute.jit
     def sum_into(self, out, accs):

@@ -31,7 +31,6 @@ __all__ = [
     "ld_shared_v4",
     "ld_shared_b32",
     "ld_shared_f32",
-    "st_shared_f32",
     "mma_bf16_m16n8k16",
     "pack_bf16x2",
     "stmatrix_x4_trans",
@@ -147,22 +146,15 @@ def st_bf16_if(addr: Int64, value: Float32, keep: Int32, *, loc=None, ip=None) -
     )
 
 
-def _st_word(addr, value, op: str, ptx_type: str, loc, ip) -> None:
-    """One 4-byte store `op`.`ptx_type` (e.g. "st.relaxed.gpu.global" by a 64-bit global address,
-    "st.shared" by a 32-bit shared one) of an f32 or 32-bit integer value."""
-    wide = op.endswith(".global")
-    inline_ptx(
-        None,
-        [(Int64(addr) if wide else Int32(addr)).ir_value(loc=loc, ip=ip), value.ir_value(loc=loc, ip=ip)],
-        f"{op}.{ptx_type} [$0], $1;",
-        ("l," if wide else "r,") + ("f" if ptx_type == "f32" else "r"),
-        side_effects=True,
-    )
-
-
 def _st_gpu_word(addr, value, order: str, ptx_type: str, loc, ip) -> None:
     """One 4-byte gpu-scope global store (L2) with memory order `order` ("relaxed" / "release")."""
-    _st_word(addr, value, f"st.{order}.gpu.global", ptx_type, loc, ip)
+    inline_ptx(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip), value.ir_value(loc=loc, ip=ip)],
+        f"st.{order}.gpu.global.{ptx_type} [$0], $1;",
+        "l,f" if ptx_type == "f32" else "l,r",
+        side_effects=True,
+    )
 
 
 def _ld_word(addr, op: str, ptx_type: str, loc, ip):
@@ -270,11 +262,6 @@ def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
 @dsl_user_op
 def ld_shared_f32(addr: Int32, *, loc=None, ip=None) -> Float32:
     return Float32(_ld_word(addr, "ld.shared", "f32", loc, ip))
-
-
-@dsl_user_op
-def st_shared_f32(addr: Int32, value: Float32, *, loc=None, ip=None) -> None:
-    _st_word(addr, Float32(value), "st.shared", "f32", loc, ip)
 
 
 @dsl_user_op

@@ -1,8 +1,6 @@
 """SM90 W4A16 GEMM: configs, stream-K cut, CPU compile of every shipped config, call guards; and,
 on a GPU (`gpu` marker), results against the reference, special blocks and CUDA-graph replay."""
 
-import functools
-
 import pytest
 import torch
 
@@ -41,15 +39,7 @@ def test_config_dict_round_trip_and_validation():
     for bad in ({"cluster": 3}, {"cluster": 2, "bn": 16}):
         with pytest.raises(ValueError, match="cluster"):
             GemmConfig(**bad)
-    split = GemmConfig(8, 1, 8, 2, ksplit=2)
-    assert split.name == "bn8_wg1_st8_p2_pdl_k2_c2" and GemmConfig.from_dict(split.to_dict()) == split
-    assert split.compile_key["ksplit"] == 2 and "ksplit" not in GemmConfig(8, 1, 8, 2).compile_key
-    assert split.smem_bytes == GemmConfig(8, 1, 8, 2).smem_bytes + 64 * 8 * 4  # + the joined sums
-    for bad in ({"ksplit": 3}, {"ksplit": 2, "bn": 16}, {"ksplit": 2, "bn": 8, "wgs": 2}):
-        with pytest.raises(ValueError, match="ksplit"):
-            GemmConfig(**bad)
-    # the benchmarks' spec: bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster[,ksplit]]]]
-    assert GemmConfig.from_spec("8,1,8,2,2,1,1,1,2") == split
+    # the benchmarks' spec: bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]]
     assert GemmConfig.from_spec("128,2,4,1,3") == GemmConfig(128, 2, 4, 3, per_step=1)
     assert GemmConfig.from_spec("128,2,4,2,1,1,1,2") == pair
     assert GemmConfig.from_spec("128,2,4,0,1,0,2") == GemmConfig(128, 2, 4, 1, per_step=0, pdl=0, mt=2)
@@ -450,10 +440,7 @@ def _launch_variant(kernel, x, w, s, alpha, out, cfg):
     gemm_w4a16_out passes (dev variants of the shipped kernel)."""
     import cutlass.cute as cute
 
-    _launch_compiled(cute.compile(kernel, *G._compile_args()), x, w, s, alpha, out, cfg)
-
-
-def _launch_compiled(fn, x, w, s, alpha, out, cfg):
+    fn = cute.compile(kernel, *G._compile_args())
     (m, k), n = x.shape, out.shape[1]
     grid, total, _ = stream_k_grid(m, n, k, cfg, G._sms(x.device))
     G.reserve_workspace(x.device, m, n, cfg)
@@ -494,39 +481,3 @@ def test_gpu_prefetched_fix_up_equals_l2_fix_up(m, n, k, cfg):
     torch.cuda.synchronize()
     assert torch.equal(out, shipped)
     assert _at_rest(cfg)
-
-
-@functools.cache
-def _compiled_ksplit(bn, stages, per_step, pdl):
-    """The ksplit 2 kernel on the mma.sync path (bn 16 too, which ships on wgmma), compiled once."""
-    import cutlass.cute as cute
-
-    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
-
-    kernel = Sm90W4A16Kernel(bn, 1, stages, per_step, bool(pdl), sync_mma=True, ksplit=2)
-    return cute.compile(kernel, *G._compile_args())
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize(
-    "m,n,k,cfg",
-    [
-        (1, 4096, 4096, GemmConfig(8, 1, 8, 2, per_step=2)),
-        (7, 6144, 4096, GemmConfig(8, 1, 8, 3, per_step=2)),
-        (8, 4096, 14336, GemmConfig(8, 1, 8, 4, per_step=2)),
-        (5, 200, 272, GemmConfig(8, 1, 8, 2, per_step=2)),  # N and K not tile multiples, 3 K chunks
-        (16, 4096, 4096, GemmConfig(16, 1, 7, 3, per_step=2)),  # bn 16 on the mma.sync path
-    ],
-    ids=lambda v: getattr(v, "name", str(v)),
-)
-def test_gpu_ksplit_matches_reference(m, n, k, cfg):
-    """Two consumer warpgroups per 64-row tile (each half of every chunk's k16 steps, sums joined
-    in shared memory where a piece ends): the reference's result, the workspace back at rest."""
-    q, w, s, x = _case(m, n, k)
-    fn = _compiled_ksplit(cfg.bn, cfg.stages, cfg.per_step, cfg.pdl)
-    for alpha in (torch.rand(n, device="cuda") + 0.5, torch.full((1,), 0.75, device="cuda")):
-        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-        _launch_compiled(fn, x, w, s, alpha, out, cfg)
-        torch.cuda.synchronize()
-        _assert_close_to_reference(out, _ref(x, q, alpha))
-        assert _at_rest(cfg)
