@@ -107,11 +107,11 @@ class EpilogueArgs(NamedTuple):
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.hoist_alpha,
-    self.skip_epilogue, self.staged_store, self.probe, self.publish_after and release_stage() (set by
-    the kernel class). Each call handles one 64-row block's accumulator (fetch_partials and
-    finish_prefetched: all of them); epi.wg is that block's row tile within the CTA. `tile`
-    arguments are units (row tiles, or pairs of them)."""
+    """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.x_stage_bytes,
+    self.hoist_alpha, self.skip_epilogue, self.staged_store, self.probe, self.publish_after and
+    release_stage() (set by the kernel class). Each call handles one 64-row block's accumulator
+    (fetch_partials and finish_prefetched: all of them); epi.wg is that block's row tile within the
+    CTA. `tile` arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
     def _slot_base(self, c, epi):
@@ -136,7 +136,13 @@ class StreamKEpilogue:
     def _flag(self, c, epi):
         """Run c's flag for this thread's warp of its 64-row block (piece_flags tiles)."""
         e = epi
-        return self._slot_base(c, e) + (self.bm * self.bn + e.wg * 4 + e.t // 32) * 4
+        return self._flag_of(self._slot_base(c, e), e.wg, e.t // 32)
+
+    @cute.jit
+    def _flag_of(self, slot_base, block, warp):
+        """The flag of warp `warp` (0..3; or 4 block + warp with block 0) of 64-row block `block` in
+        a slot, after its bm x bn partials."""
+        return slot_base + (self.bm * self.bn + block * 4 + warp) * 4
 
     @cute.jit
     def _first_row(self, tile, epi):
@@ -244,11 +250,11 @@ class StreamKEpilogue:
         if closes & (nk > 0):
             c_first = self._first_run(t0, total, runs)
             lane = cute.arch.lane_idx()
-            block_bytes = self.bn * 256
+            block_bytes = self.x_stage_bytes
             for c in cutlass.range(c_first, run, unroll=1):
                 base = self._slot_base_of(ws_addr, bid_m, runs, Int32(0), c)
                 if lane < 4 * self.row_tiles:
-                    self._take_flag(base + (self.bm * self.bn + lane) * 4)
+                    self._take_flag(self._flag_of(base, 0, lane))  # lane = 4 block + warp
                 cute.arch.sync_warp()
                 # the partials were written by other CTAs' generic stores; the bulk copy reads them
                 # through the async proxy
@@ -284,7 +290,7 @@ class StreamKEpilogue:
                     release.advance()
                     if e.wg == b // self.mt:
                         acc = accs[b % self.mt]
-                        thr = e.stage_base + read.index * (self.bn * 256) + e.t * 4
+                        thr = e.stage_base + read.index * self.x_stage_bytes + e.t * 4
                         for v in cutlass.range_constexpr(nv):
                             acc[v] = acc[v] + ld_shared_f32(thr + v * _WG * 4)
                     read.advance()
@@ -438,7 +444,7 @@ class StreamKEpilogue:
         lane = e.t % 32
         mat, k = lane // 8, lane % 8  # this lane addresses row k of matrix `mat` of each stmatrix
         q = 2 * (e.t // 32) + mat % 2  # 16-byte column: the warp's 16 rows, upper 8 for odd matrices
-        half = e.stage_base + stage * (self.bn * 256) + e.wg * (self.bn * 128)
+        half = e.stage_base + stage * self.x_stage_bytes + e.wg * (self.x_stage_bytes // 2)
         thr = half + (8 * (mat // 2) + k) * 128 + ((q ^ k) << 4)
         for v0 in cutlass.range_constexpr(0, cute.size(vals), 8):  # n8 blocks j, j + 1
             words = [

@@ -138,6 +138,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             raise ValueError(f"mt={mt}: needs per_step 0 and the wgmma path (register budget)")
         self.row_tiles = wgs * mt  # 64-row weight tiles per CTA; warpgroup w owns w*mt .. w*mt+mt-1
         self.w_stage_bytes = self.row_tiles * (_W_CHUNK_BYTES + _S_CHUNK_BYTES)
+        # a stage's bn x 128 bf16 activations (also one 64-row block's 64 x bn fp32 partials, or a
+        # bn x 128 bf16 out tile: the stream-K prefetch and the staged epilogue reuse the stage)
+        self.x_stage_bytes = bn * K_CHUNK * 2
         self.bm = ROW_TILE * self.row_tiles
         self.bk = K_CHUNK
         self.producer_warp = 4 * wgs
@@ -665,7 +668,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         lane_g = (t % 32) // 4
         lane_c = t % 4
         b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
-        stage_bytes = self.bn * K_CHUNK * 2
         g_last = g_begin + nk - 1
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         for i in cutlass.range(nk, unroll=1):
@@ -677,7 +679,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             x_pipe.consumer_wait(read)
             if cutlass.const_expr(not self.skip_math):
                 self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
-                b_stage = b_lane + read.index * stage_bytes
+                b_stage = b_lane + read.index * self.x_stage_bytes
                 for s in cutlass.range_constexpr(STEPS):
                     r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
                     if cutlass.const_expr(self.probe != 1):
