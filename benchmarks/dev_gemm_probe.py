@@ -54,7 +54,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, accs: in
         variant = {"prefetch": probe >= 30, "publish_after": probe % 10 or -1}
     kern = Sm90W4A16Kernel(
         cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), 0 if probe >= 20 else probe, sync_mma,
-        cfg.mt, cfg.cluster, sync_accumulators=accs, **variant,
+        cfg.mt, cfg.cluster, sync_accumulators=accs, dsmem_split=cfg.dsmem_split, **variant,
     )
     return cute.compile(kern, *G._compile_args())
 
@@ -71,6 +71,9 @@ def main() -> None:
     p.add_argument("--mma", default="auto", help="comma list of auto, wgmma, sync")
     p.add_argument("--cublas", action="store_true", help="time torch.matmul bf16 with the probes")
     p.add_argument("--accs", default="2", help="comma list: mma.sync accumulators k16 steps alternate over")
+    p.add_argument(
+        "--dsmem", default="1", help="comma list of dsmem_split (1: stream-K; d: d-CTA clusters per row tile)"
+    )
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -81,8 +84,13 @@ def main() -> None:
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 for m in (int(v) for v in a.m.split(",")):
-                    for accs in (int(v) for v in a.accs.split(",")):
-                        run(n, k, m, cfg, [int(v) for v in a.probes.split(",")], sync, a.cublas, accs)
+                    variants = [
+                        (int(p), int(acc), int(d))
+                        for d in a.dsmem.split(",")
+                        for acc in a.accs.split(",")
+                        for p in a.probes.split(",")
+                    ]
+                    run(n, k, m, cfg, variants, sync, a.cublas)
 
 
 def baselines(n: int, k: int) -> None:
@@ -104,8 +112,9 @@ def baselines(n: int, k: int) -> None:
 
 
 def run(
-    n: int, k: int, m: int, cfg: GemmConfig, probes: list[int], sync=None, cublas=False, accs: int = 2
+    n: int, k: int, m: int, cfg: GemmConfig, variants: list[tuple[int, int, int]], sync=None, cublas=False
 ) -> None:
+    """Time (probe, accs, dsmem_split) variants of one config and shape, interleaved."""
     from cuda.bindings import driver as cuda_driver
     from cutlass import BFloat16, Int64
     from cutlass.cute.runtime import make_ptr
@@ -119,20 +128,21 @@ def run(
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     alpha = torch.ones(1, device="cuda")
-    grid, total, _ = stream_k_grid(m, n, k, cfg, 132)
     G.reserve_workspace(0, m, n, cfg)
     ws = G.workspace_of(0, cfg)
     nbytes = n * k * 0.5625
     names, call_sets = [], []
-    for probe in probes:
+    for probe, accs, dsmem in variants:
         try:
             # ctas_per_sm is a run-time value: one compile serves all
-            fn = compiled(dataclasses.replace(cfg, ctas_per_sm=1), probe, sync, accs)
+            kernel_cfg = dataclasses.replace(cfg, ctas_per_sm=1, dsmem_split=dsmem)
+            fn = compiled(kernel_cfg, probe, sync, accs)
+            grid, total, _ = stream_k_grid(m, n, k, kernel_cfg if dsmem > 1 else cfg, 132)
         except ValueError as e:  # a combination the kernel does not build (e.g. probe 12 on wgmma)
-            print(f"skip {cfg.name} probe {probe} mma={sync} accs={accs}: {e}", flush=True)
-            return
+            print(f"skip {cfg.name} probe {probe} mma={sync} accs={accs} dsmem={dsmem}: {e}", flush=True)
+            continue
 
-        def call(cw, cs, fn=fn):
+        def call(cw, cs, fn=fn, grid=grid, total=total):
             stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
             fn(
                 make_ptr(BFloat16, x.data_ptr(), AddressSpace.gmem, assumed_align=16),
@@ -153,7 +163,7 @@ def run(
 
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
         label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
-        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} accs={accs}")
+        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} accs={accs} ds={dsmem} grid={grid}")
         call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
     if cublas:
         n_copies = copies_to_exceed_l2(n * k * 2)

@@ -81,7 +81,8 @@ def _kernel_for(cfg: GemmConfig):
     from .gemm_sm90_kernel import Sm90W4A16Kernel
 
     return Sm90W4A16Kernel(
-        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster
+        cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), mt=cfg.mt, cluster=cfg.cluster,
+        dsmem_split=cfg.dsmem_split,
     )
 
 
@@ -123,7 +124,7 @@ _fns: dict[tuple[int, ...], Launcher] = {}  # hot-path memo in front of compile_
 
 
 def _compiled(cfg: GemmConfig) -> Launcher:
-    shape = (cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, cfg.pdl, cfg.mt, cfg.cluster)
+    shape = (*cfg.shape, cfg.pdl)
     fn = _fns.get(shape)
     if fn is None:
         key = dict(cfg.compile_key, arch="sm_90a")
@@ -187,11 +188,15 @@ def _ws_need(m: int, n: int, k: int, cfg: GemmConfig, sms: int) -> int:
 
 
 def _ws_elems(m: int, grid: int, cfg: GemmConfig) -> int:
+    if cfg.dsmem_split > 1:  # partials go through distributed shared memory
+        return 0
     return -(-m // cfg.bn) * grid * slot_words(cfg.bm, cfg.bn)
 
 
 def _ws_bound(m_max: int, config: GemmConfig, sms: int) -> int:
     """Words enough for every M <= m_max: m_tiles * grid.x <= max(SMs * c, m_tiles * cluster)."""
+    if config.dsmem_split > 1:
+        return 0
     m_tiles = -(-max(1, m_max) // config.bn)
     return max(sms * config.ctas_per_sm, m_tiles * config.cluster) * slot_words(config.bm, config.bn)
 

@@ -34,6 +34,7 @@ __all__ = [
     "candidate_configs",
     "heuristic_config",
     "stream_k_grid",
+    "dsmem_split_grid",
     "fits",
     "SLOT_EMPTY_BITS",
     "PIECE_FULL",
@@ -65,6 +66,7 @@ FLAG_WORDS = 32
 # one tile per CTA 325 us).
 TILE_ALIGNED_SLACK = 0.15
 _BNS = (8, 16, 32, 64, 128, 256)
+KernelShape = tuple[int, int, int, int, int, int, int]  # GemmConfig.shape
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ class GemmConfig:
     # by TMA multicast, which halves x's L2 traffic per FLOP as mt 2 does, with no larger tile
     # (per_step and the register budget stay those of the 1-CTA kernel). Shipped for bn 64.
     cluster: int = 1
+    # dsmem_split d > 1 (decode, bn 8): no stream-K; each row tile's K chunks are cut into d parts,
+    # one per CTA of a d-CTA cluster, and the lower parts' partials go through distributed shared
+    # memory into the CTA holding the last part, which sums and stores them (no L2 round trip for
+    # the fix-up). The grid is n_tiles x d per token tile (dsmem_split_grid), so ctas_per_sm is 1.
+    dsmem_split: int = 1
 
     def __post_init__(self) -> None:
         if self.bn not in _BNS:
@@ -112,6 +119,14 @@ class GemmConfig:
             raise ValueError(f"cluster={self.cluster}: expected 1 or 2")
         if self.cluster == 2 and self.bn < 32:
             raise ValueError(f"{self.name}: cluster=2 needs bn >= 32 (wgmma; decode shares little x)")
+        if not 1 <= self.dsmem_split <= 8:
+            raise ValueError(f"dsmem_split={self.dsmem_split}: expected 1..8 (portable cluster size)")
+        split_kernel = (self.bn, self.wgs, self.mt, self.cluster, self.ctas_per_sm)
+        if self.dsmem_split > 1 and split_kernel != (8, 1, 1, 1, 1):
+            raise ValueError(
+                f"{self.name}: dsmem_split needs bn 8 (mma.sync), wgs 1, mt 1, cluster 1 and ctas_per_sm 1 "
+                "(its grid is n_tiles x dsmem_split)"
+            )
 
     @property
     def bm(self) -> int:
@@ -119,15 +134,17 @@ class GemmConfig:
 
     @property
     def smem_bytes(self) -> int:
-        """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup)."""
-        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * self.mt * (4096 + 512)) + 1024
+        """Shared memory of one CTA: stages x (activation tile + weight chunk of each warpgroup),
+        and with dsmem_split the landing slots of the peers' fp32 partials."""
+        landing = (self.dsmem_split - 1) * self.bm * self.bn * 4
+        return self.stages * (self.bn * K_CHUNK * 2 + self.wgs * self.mt * (4096 + 512)) + 1024 + landing
 
     @property
     def name(self) -> str:
         return (
             f"bn{self.bn}_wg{self.wgs}{'_mt2' if self.mt == 2 else ''}_st{self.stages}_p{self.per_step}"
             f"{'_pdl' if self.pdl else ''}{'_cl2' if self.cluster == 2 else ''}"
-            f"_c{self.ctas_per_sm}"
+            f"{f'_ds{self.dsmem_split}' if self.dsmem_split > 1 else ''}_c{self.ctas_per_sm}"
         )
 
     @property
@@ -143,6 +160,8 @@ class GemmConfig:
         }
         if self.cluster != 1:  # absent for 1: cache keys of the 1-CTA kernels stay as they were
             key["cluster"] = self.cluster
+        if self.dsmem_split != 1:
+            key["dsmem_split"] = self.dsmem_split
         return key
 
     def to_dict(self) -> dict[str, int | str]:
@@ -150,22 +169,25 @@ class GemmConfig:
         return {**dataclasses.asdict(self), "name": self.name}
 
     @property
-    def shape(self) -> tuple[int, int, int, int, int, int]:
-        """(bn, wgs, stages, per_step, mt, cluster): its COMPILED_SHAPES / EXPERIMENTAL_SHAPES entry."""
-        return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster)
+    def shape(self) -> KernelShape:
+        """(bn, wgs, stages, per_step, mt, cluster, dsmem_split): its COMPILED_SHAPES /
+        EXPERIMENTAL_SHAPES entry."""
+        return (self.bn, self.wgs, self.stages, self.per_step, self.mt, self.cluster, self.dsmem_split)
 
     @classmethod
-    def from_shape(cls, shape: tuple[int, int, int, int, int, int], ctas_per_sm: int = 1) -> GemmConfig:
-        bn, wgs, stages, per_step, mt, cluster = shape
-        return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster)
+    def from_shape(cls, shape: KernelShape, ctas_per_sm: int = 1) -> GemmConfig:
+        bn, wgs, stages, per_step, mt, cluster, split = shape
+        return cls(bn, wgs, stages, ctas_per_sm, per_step=per_step, mt=mt, cluster=cluster, dsmem_split=split)
 
     @classmethod
     def from_spec(cls, spec: str) -> GemmConfig:
-        """"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster]]]" (the benchmarks' config
-        syntax; omitted trailing fields are 1)."""
+        """"bn,wgs,stages,per_step,ctas_per_sm[,pdl[,mt[,cluster[,dsmem_split]]]]" (the benchmarks'
+        config syntax; omitted trailing fields are 1)."""
         bn, wgs, stages, per_step, ctas, *opt = (int(v) for v in spec.split(","))
-        pdl, mt, cluster = (opt + [1, 1, 1][len(opt) :])[:3]
-        return cls(bn, wgs, stages, ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster)
+        pdl, mt, cluster, split = (opt + [1, 1, 1, 1][len(opt) :])[:4]
+        return cls(
+            bn, wgs, stages, ctas, per_step=per_step, pdl=pdl, mt=mt, cluster=cluster, dsmem_split=split
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> GemmConfig:
@@ -179,8 +201,8 @@ class GemmConfig:
         return cfg
 
 
-# The shipped kernel shapes (bn, wgs, stages, per_step, mt, cluster): what precompile() builds by
-# default and the candidate lists name.
+# The shipped kernel shapes (bn, wgs, stages, per_step, mt, cluster, dsmem_split): what precompile()
+# builds by default and the candidate lists name.
 # Stages keep a decode CTA under ~72 KB of shared memory (3 CTAs per SM, >= 100 KB of weights in
 # flight per SM). per_step 2 (software-pipelined chunks) won or tied everywhere on H100 except
 # bn32, where per_step 0 was faster (gate_up M=32: 41.4 vs 53.6 us; benchmarks/notes_gemm.md).
@@ -189,28 +211,33 @@ class GemmConfig:
 # per_step 1 beat 0 by 4-10% at M = 512..4096 (gate_up M = 4096: 1356 / 1411 / 1506 us for p1 / p2 / p0).
 # bn 128 per_step 1 measured within 1-3% of per_step 2, the faster at most points of M = 128..1024
 # (H100, 2026-12-07); both stay candidates.
-COMPILED_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (8, 1, 8, 2, 1, 1),
-    (16, 1, 7, 2, 1, 1),
-    (32, 1, 5, 0, 1, 1),
-    (32, 1, 5, 2, 1, 1),
-    (64, 1, 4, 2, 1, 1),
-    (64, 1, 4, 2, 1, 2),
-    (128, 2, 4, 1, 1, 1),
-    (128, 2, 4, 2, 1, 1),
-    (128, 2, 4, 0, 2, 1),
-    (256, 2, 3, 1, 1, 1),
-    (256, 2, 3, 2, 1, 1),
+COMPILED_SHAPES: tuple[KernelShape, ...] = (
+    (8, 1, 8, 2, 1, 1, 1),
+    (16, 1, 7, 2, 1, 1, 1),
+    (32, 1, 5, 0, 1, 1, 1),
+    (32, 1, 5, 2, 1, 1, 1),
+    (64, 1, 4, 2, 1, 1, 1),
+    (64, 1, 4, 2, 1, 2, 1),
+    (128, 2, 4, 1, 1, 1, 1),
+    (128, 2, 4, 2, 1, 1, 1),
+    (128, 2, 4, 0, 2, 1, 1),
+    (256, 2, 3, 1, 1, 1, 1),
+    (256, 2, 3, 2, 1, 1, 1),
 )
 # Built and checked (CPU compile tests, `bench_gemm.py check`, the GPU tests) but in no candidate
 # list: the 2-CTA cluster variants of the prefill tiles. They cut L2 traffic as designed (ncu
 # lts__t_bytes: gate_up M = 4096 bn256 9.03 -> 6.49 GB, qkv M = 512 bn128 323 -> 210 MB) and ran no
 # faster (1.28 vs 1.26 ms, 60.4 vs 60.3 us; best cluster config against best 1-CTA config: -1.3..+3.8%
 # over the 24 points qkv/o/gate_up/down x M = 128..4096; H100, benchmarks/notes_gemm.md v12).
-EXPERIMENTAL_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (128, 2, 4, 1, 1, 2),
-    (128, 2, 4, 2, 1, 2),
-    (256, 2, 3, 1, 1, 2),
+# And the dsmem_split decode kernels (2, 3, 4 CTAs per row tile): built, CPU-compiled and covered by
+# GPU tests, not yet run on a GPU (notes_gemm.md v17), so no tuning run may pick them.
+EXPERIMENTAL_SHAPES: tuple[KernelShape, ...] = (
+    (128, 2, 4, 1, 1, 2, 1),
+    (128, 2, 4, 2, 1, 2, 1),
+    (256, 2, 3, 1, 1, 2, 1),
+    (8, 1, 8, 2, 1, 1, 2),
+    (8, 1, 8, 2, 1, 1, 3),
+    (8, 1, 8, 2, 1, 1, 4),
 )
 
 
@@ -227,9 +254,11 @@ def slot_words(bm: int, bn: int) -> int:
     return bm * bn + (FLAG_WORDS if piece_flags(bn) else 0)
 
 
-def fits(cfg: GemmConfig, n: int) -> bool:
+def fits(cfg: GemmConfig, n: int, k: int | None = None) -> bool:
     """Whether cfg's row tile (a pair of them with cluster 2) divides N padded to ROW_PAD (the
-    prepared weight's row count)."""
+    prepared weight's row count), and (given k) a dsmem_split config has a K chunk per part."""
+    if k is not None and round_up(k, K_CHUNK) // K_CHUNK < cfg.dsmem_split:
+        return False
     return round_up(n, ROW_PAD) % (cfg.bm * cfg.cluster) == 0
 
 
@@ -237,7 +266,10 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     """(grid.x, T, n_tiles) per token tile. With U = n_tiles / cluster scheduling units (row tiles,
     or row-tile pairs) and T = U * Kc (unit, K chunk) pairs, run r of the G = grid.x / cluster runs
     streams [r*T//G, (r+1)*T//G) (each CTA of its cluster on its own row tile of the unit); G <= T
-    so none is empty, and m_tiles * grid.x <= max(SMs*c, m_tiles * cluster)."""
+    so none is empty, and m_tiles * grid.x <= max(SMs*c, m_tiles * cluster). A dsmem_split config
+    has its own grid (dsmem_split_grid)."""
+    if cfg.dsmem_split > 1:
+        return dsmem_split_grid(n, k, cfg)
     if not fits(cfg, n):
         raise ValueError(
             f"config {cfg.name}: N={n} (padded to {round_up(n, ROW_PAD)}) is not a multiple of its "
@@ -253,6 +285,19 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
         return units // per_run * cfg.cluster, total, n_tiles  # whole tiles: no stream-K fix-up
     g = min(total, max(1, wave // m_tiles))  # grid <= one wave
     return g * cfg.cluster, total, n_tiles
+
+
+def dsmem_split_grid(n: int, k: int, cfg: GemmConfig) -> tuple[int, int, int]:
+    """(grid.x, T, n_tiles) per token tile of a dsmem_split config: with T = n_tiles * Kc (row
+    tile, K chunk) pairs cut into grid.x = n_tiles * d equal runs (the kernel's stream-K cut), run r
+    holds part r % d of row tile r // d, so each d-CTA cluster holds one row tile."""
+    split, k_chunks = cfg.dsmem_split, round_up(k, K_CHUNK) // K_CHUNK
+    if not fits(cfg, n):
+        raise ValueError(f"config {cfg.name}: N={n} is not a multiple of its {cfg.bm}-row tile")
+    if not fits(cfg, n, k):
+        raise ValueError(f"config {cfg.name}: K={k} has {k_chunks} chunks of 128, fewer than {split} parts")
+    n_tiles = round_up(n, ROW_PAD) // cfg.bm
+    return n_tiles * split, n_tiles * k_chunks, n_tiles
 
 
 def _cfg(bn: int, per_step: int, ctas: int, mt: int = 1, cluster: int = 1) -> GemmConfig:

@@ -57,7 +57,9 @@ from .gemm_sm90_ptx import (
     ld_nc_f32,
     ld_relaxed_f32,
     ld_shared_f32,
+    mbar_try_wait_cluster,
     pack_bf16x2,
+    st_async_peer_v4_f32,
     st_bf16,
     st_bf16_if,
     st_relaxed_f32,
@@ -104,14 +106,18 @@ class EpilogueArgs(NamedTuple):
     store_atom: Any = None
     tma_out: Any = None
     out_tma_ok: Any = None  # 0: out is not 16-byte aligned (pitch or base), store directly
+    # dsmem_split (kernel.dsmem_split > 1; 0 without): 32-bit shared addresses of this CTA's
+    # mbarrier and landing slots for the peers' partials
+    red_bar: Any = None
+    red_base: Any = None
 
 
 class StreamKEpilogue:
-    """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.x_stage_bytes,
-    self.hoist_alpha, self.skip_epilogue, self.staged_store, self.probe, self.publish_after and
-    release_stage() (set by the kernel class). Each call handles one 64-row block's accumulator
-    (fetch_partials and finish_prefetched: all of them); epi.wg is that block's row tile within the
-    CTA. `tile` arguments are units (row tiles, or pairs of them)."""
+    """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.dsmem_split,
+    self.x_stage_bytes, self.hoist_alpha, self.skip_epilogue, self.staged_store, self.probe,
+    self.publish_after and release_stage() (set by the kernel class). Each call handles one 64-row
+    block's accumulator (fetch_partials and finish_prefetched: all of them); epi.wg is that block's
+    row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
     def _slot_base(self, c, epi):
@@ -160,7 +166,9 @@ class StreamKEpilogue:
         tile = g // e.k_chunks
         t0 = tile * e.k_chunks
         if t0 + e.k_chunks > e.g_begin + e.nk:
-            if cutlass.const_expr(self.probe not in (8, 9)):
+            if cutlass.const_expr(self.probe not in (8, 9) and self.dsmem_split > 1):
+                self.send_partial(acc, epi)
+            elif cutlass.const_expr(self.probe not in (8, 9)):
                 base = self._slot(e.run, epi)
                 for v in cutlass.range_constexpr(cute.size(acc)):
                     st_relaxed_f32(base + v * _WG * 4, acc[v])
@@ -205,9 +213,13 @@ class StreamKEpilogue:
         e = epi
         closes, tile, t0 = self._closed_tile(e.g_begin, e.nk, e.k_chunks)
         if closes:
-            c_first = self._first_run(t0, e.total, e.runs)
-            if cutlass.const_expr(self.probe != 9):
-                self.reduce(acc, c_first, epi)
+            if cutlass.const_expr(self.dsmem_split > 1):
+                if cutlass.const_expr(self.probe != 9):
+                    self.gather_partials(acc, epi)
+            else:
+                c_first = self._first_run(t0, e.total, e.runs)
+                if cutlass.const_expr(self.probe != 9):
+                    self.reduce(acc, c_first, epi)
             self.store(acc, tile, epi, stage)
 
     @cute.jit
@@ -377,6 +389,40 @@ class StreamKEpilogue:
                             st_relaxed_u32(pc + (v0 + j) * _WG * 4, Int32(_EMPTY_I32))
             for j in cutlass.range_constexpr(grp):
                 acc[v0 + j] = tot[j] + acc[v0 + j]
+
+    @cute.jit
+    def _red_slot(self, part, v4, epi):
+        """Shared address of this thread's values 4 v4 .. 4 v4 + 3 in landing slot `part` (16 bytes
+        per thread, consecutive threads adjacent: conflict-free)."""
+        nv4 = self.bm * self.bn // (_WG * 4)
+        return epi.red_base + ((part * nv4 + v4) * _WG + epi.t) * 16
+
+    @cute.jit
+    def send_partial(self, acc, epi):
+        """dsmem_split: a lower piece of the row tile (CTA `part` < d - 1 of the cluster) goes into
+        landing slot `part` of the cluster's last CTA, which holds the tile's last chunks and
+        closes it. st.async completes its bytes on that CTA's mbarrier; nothing here waits."""
+        e = epi
+        part = e.run % self.dsmem_split  # the cluster is (d, 1, 1) over runs = blockIdx.x
+        for v4 in cutlass.range_constexpr(cute.size(acc) // 4):
+            vals = [acc[4 * v4 + j] for j in range(4)]
+            st_async_peer_v4_f32(self._red_slot(part, v4, e), e.red_bar, Int32(self.dsmem_split - 1), *vals)
+
+    @cute.jit
+    def gather_partials(self, acc, epi):
+        """dsmem_split, in the closing CTA: wait until all d - 1 peers' partials have landed (the
+        mbarrier counts their bytes), then add them in part order (deterministic)."""
+        e = epi
+        done = mbar_try_wait_cluster(e.red_bar, 0)
+        polls = Int32(0)
+        while done == 0:
+            polls = polls + 1
+            if polls > _MAX_POLLS:  # a peer's partial never came: fail loudly, do not hang
+                trap()
+            done = mbar_try_wait_cluster(e.red_bar, 0)
+        for part in cutlass.range_constexpr(self.dsmem_split - 1):
+            for v in cutlass.range_constexpr(cute.size(acc)):
+                acc[v] = acc[v] + ld_shared_f32(self._red_slot(part, v // 4, e) + (v % 4) * 4)
 
     @cute.jit
     def _load_batch(self, buf, c0, v0, grp, batch, epi):

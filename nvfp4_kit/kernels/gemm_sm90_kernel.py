@@ -56,7 +56,14 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from .gemm_sm90_config import piece_flags
 from .gemm_sm90_epilogue import EpilogueArgs, StreamKEpilogue
 from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
-from .gemm_sm90_ptx import bulk_g2s, dequant_step, ld_shared_b32, ld_shared_v4, mma_bf16_m16n8k16
+from .gemm_sm90_ptx import (
+    bulk_g2s,
+    dequant_step,
+    ld_shared_b32,
+    ld_shared_v4,
+    mbar_init_expect_tx,
+    mma_bf16_m16n8k16,
+)
 
 __all__ = ["Sm90W4A16Kernel"]
 
@@ -75,7 +82,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
     def __init__(
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
         sync_mma: bool | None = None, mt: int = 1, cluster: int = 1, prefetch: bool | None = None,
-        publish_after: int | None = None, sync_accumulators: int = _SYNC_ACCUMULATORS,
+        publish_after: int | None = None, sync_accumulators: int = _SYNC_ACCUMULATORS, dsmem_split: int = 1,
     ):
         self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
@@ -90,6 +97,15 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if STEPS % sync_accumulators:
             raise ValueError(f"sync_accumulators={sync_accumulators}: a divisor of {STEPS}")
         self.sync_accumulators = sync_accumulators
+        # (dev) dsmem_split d > 1: clusters of d CTAs share each row tile's K chunks (the grid is
+        # n_tiles * d runs, gemm_sm90_config.dsmem_split_grid); the d - 1 lower pieces go by
+        # st.async into the shared memory of the CTA holding the tile's last chunks, which sums
+        # them (gemm_sm90_epilogue.send_partial / gather_partials): no L2 round trip, no workspace.
+        if dsmem_split > 1 and not (self.sync_mma and cluster == 1 and wgs == 1 and mt == 1):
+            raise ValueError(f"dsmem_split={dsmem_split}: the mma.sync path with wgs 1, mt 1, cluster 1")
+        if not 1 <= dsmem_split <= 8:
+            raise ValueError(f"dsmem_split={dsmem_split}: 1..8 (portable cluster size)")
+        self.dsmem_split = dsmem_split
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
@@ -206,13 +222,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         else:
             o_smem_staged, store_atom, tma_out, out_tma_ok = None, None, None, Int32(0)
 
-        @cute.struct
-        class SharedStorage:
-            bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
-            sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem_staged)], 1024]
-            sW: cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, self.stages * self.w_stage_bytes], 128]
-
-        self.shared_storage = SharedStorage
+        self.shared_storage = self._shared_storage(b_smem_staged)
         grid_y = (m + self.bn - 1) // self.bn
         self.kernel(
             tma_atom,
@@ -238,12 +248,34 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         ).launch(
             grid=[grid_x, grid_y, 1],
             block=[self.num_threads, 1, 1],
-            cluster=[self.cluster, 1, 1] if self.cluster > 1 else None,
+            cluster=[self.cluster_size, 1, 1] if self.cluster_size > 1 else None,
             stream=stream,
             use_pdl=self.pdl,
             # setmaxnreg only acts on a kernel with a register cap at entry (minctasm 1)
             min_blocks_per_mp=1 if self.realloc_registers else 0,
         )
+
+    @property
+    def cluster_size(self) -> int:
+        """CTAs per cluster: row-tile pairs (cluster) or a row tile's K split (dsmem_split)."""
+        return self.cluster * self.dsmem_split
+
+    def _shared_storage(self, b_smem_staged):
+        """The CTA's shared memory: pipeline barriers, activation stages, weight stages; with
+        dsmem_split, the closing CTA's landing slots for its peers' partials and their mbarrier.
+        (Built from evaluated field types: this module's annotations are strings, which cute.struct
+        resolves only inside a jit function's own scope.)"""
+        w_bytes = self.stages * self.w_stage_bytes
+        fields = {
+            "bars": cute.struct.MemRange[cutlass.Int64, self.stages * 2],
+            "sB": cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem_staged)], 1024],
+            "sW": cute.struct.Align[cute.struct.MemRange[cutlass.Uint8, w_bytes], 128],
+        }
+        if self.dsmem_split > 1:
+            fields["red_bar"] = cute.struct.MemRange[cutlass.Int64, 1]
+            red_words = (self.dsmem_split - 1) * self.bm * self.bn
+            fields["red"] = cute.struct.Align[cute.struct.MemRange[Float32, red_words], 16]
+        return cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
     @cute.jit
     def _out_tma(self, out_addr: Int64, m: Int32, n: Int32):
@@ -336,9 +368,16 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             cta_layout_vmnk=cute.make_layout((1, self.cluster, 1, 1)),
             defer_sync=True,
         )
-        # (clusters: the peer's barriers are initialized before anything multicasts into them)
-        pipeline.pipeline_init_arrive(cluster_shape_mn=(self.cluster, 1), is_relaxed=True)
-        pipeline.pipeline_init_wait(cluster_shape_mn=(self.cluster, 1))
+        red_bar, red_base = Int32(0), Int32(0)
+        if cutlass.const_expr(self.dsmem_split > 1):
+            red_bar = storage.red_bar.data_ptr().toint()
+            red_base = storage.red.data_ptr().toint()
+            if tidx == 0:  # (only the closing CTA's is used; every CTA has one)
+                mbar_init_expect_tx(red_bar, Int32((self.dsmem_split - 1) * self.bm * self.bn * 4))
+        # (clusters: the peer's barriers are initialized before anything multicasts or stores
+        # into them)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(self.cluster_size, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(self.cluster_size, 1))
 
         if warp_idx >= self.producer_warp:
             producer_args = (
@@ -380,6 +419,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 store_atom=store_atom,
                 tma_out=tma_out,
                 out_tma_ok=out_tma_ok,
+                red_bar=red_bar,
+                red_base=red_base,
             )
             if cutlass.const_expr(self.sync_mma):
                 self.consume_sync(sB, x_pipe, sw_base, epi)

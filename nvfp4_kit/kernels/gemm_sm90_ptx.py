@@ -34,6 +34,9 @@ __all__ = [
     "mma_bf16_m16n8k16",
     "pack_bf16x2",
     "stmatrix_x4_trans",
+    "mbar_init_expect_tx",
+    "mbar_try_wait_cluster",
+    "st_async_peer_v4_f32",
 ]
 
 
@@ -305,5 +308,63 @@ def stmatrix_x4_trans(addr: Int32, regs: list, *, loc=None, ip=None) -> None:
         [Int32(addr).ir_value(loc=loc, ip=ip)] + [Int32(r).ir_value(loc=loc, ip=ip) for r in regs],
         "stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [$0], {$1, $2, $3, $4};",
         "r,r,r,r,r",
+        side_effects=True,
+    )
+
+
+@dsl_user_op
+def mbar_init_expect_tx(bar: Int32, tx_bytes: Int32, *, loc=None, ip=None) -> None:
+    """One thread: an mbarrier of one arrival, which it makes at once while expecting `tx_bytes`,
+    so the phase completes when that many bytes of st.async (from peer CTAs) have landed."""
+    inline_ptx(
+        None,
+        [Int32(bar).ir_value(loc=loc, ip=ip), Int32(tx_bytes).ir_value(loc=loc, ip=ip)],
+        "mbarrier.init.shared::cta.b64 [$0], 1;\nmbarrier.arrive.expect_tx.shared::cta.b64 _, [$0], $1;",
+        "r,r",
+        side_effects=True,
+    )
+
+
+@dsl_user_op
+def mbar_try_wait_cluster(bar: Int32, parity: int, *, loc=None, ip=None) -> Int32:
+    """1 once phase `parity` of this CTA's mbarrier has completed (cluster-scope acquire: the
+    peers' st.async data it counted is visible to this thread), else 0 after a bounded wait."""
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Int32(bar).ir_value(loc=loc, ip=ip)],
+            "{\n.reg .pred p;\n"
+            f"mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [$1], {parity};\n"
+            "selp.u32 $0, 1, 0, p;\n}\n",
+            "=r,r",
+            side_effects=True,
+        )
+    )
+
+
+@dsl_user_op
+def st_async_peer_v4_f32(
+    dst: Int32,
+    bar: Int32,
+    peer: Int32,
+    v0: Float32,
+    v1: Float32,
+    v2: Float32,
+    v3: Float32,
+    *,
+    loc=None,
+    ip=None,
+) -> None:
+    """16 bytes into CTA `peer` of the cluster: `dst` and `bar` are this CTA's shared addresses of
+    the same objects (mapa maps them to the peer's), the store completes 16 bytes on its mbarrier."""
+    inline_ptx(
+        None,
+        [Int32(v).ir_value(loc=loc, ip=ip) for v in (dst, bar, peer)]
+        + [Float32(v).ir_value(loc=loc, ip=ip) for v in (v0, v1, v2, v3)],
+        "{\n.reg .b32 d, b;\n"
+        "mapa.shared::cluster.u32 d, $0, $2;\n"
+        "mapa.shared::cluster.u32 b, $1, $2;\n"
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [d], {$3, $4, $5, $6}, [b];\n}\n",
+        "r,r,r,f,f,f,f",
         side_effects=True,
     )

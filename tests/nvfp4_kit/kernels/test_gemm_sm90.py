@@ -45,6 +45,25 @@ def test_config_dict_round_trip_and_validation():
     assert GemmConfig.from_spec("128,2,4,0,1,0,2") == GemmConfig(128, 2, 4, 1, per_step=0, pdl=0, mt=2)
 
 
+def test_dsmem_split_configs():
+    split = GemmConfig(8, 1, 8, 1, dsmem_split=4)
+    assert split.name == "bn8_wg1_st8_p2_pdl_ds4_c1" and split.compile_key["dsmem_split"] == 4
+    assert "dsmem_split" not in GemmConfig(8, 1, 8, 3).compile_key
+    assert GemmConfig.from_spec("8,1,8,2,1,1,1,1,4") == split == GemmConfig.from_dict(split.to_dict())
+    assert split.smem_bytes == GemmConfig(8, 1, 8, 1).smem_bytes + 3 * 64 * 8 * 4
+    # o at M = 1: 64 row tiles x 4 parts of 8 K chunks, one 4-CTA cluster per tile
+    assert stream_k_grid(1, 4096, 4096, split, sms=132) == (256, 64 * 32, 64)
+    for bad in (dict(bn=16), dict(ctas_per_sm=2), dict(wgs=2), dict(dsmem_split=9)):
+        with pytest.raises(ValueError, match="dsmem_split"):
+            GemmConfig(**{**dict(bn=8, wgs=1, stages=8, ctas_per_sm=1, dsmem_split=4), **bad})
+    with pytest.raises(ValueError, match="fewer than 4 parts"):  # K = 384: 3 chunks for 4 parts
+        stream_k_grid(1, 4096, 384, split)
+    assert not fits(split, 4096, 384) and fits(split, 4096, 512)
+    # not run on a GPU yet: experimental shapes, never a tuning candidate
+    assert split.shape in EXPERIMENTAL_SHAPES
+    assert not [c for m in (1, 8, 16) for c in G.candidate_configs(m, 4096, 4096) if c.dsmem_split > 1]
+
+
 def test_row_tile_must_divide_padded_n():
     big = GemmConfig(128, 2, 4, 1, per_step=0, mt=2)
     assert stream_k_grid(1024, 4096, 4096, big)[2] == 16
@@ -70,7 +89,8 @@ def _cluster_configs(ctas_per_sm: int = 1) -> list[GemmConfig]:
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (200, 272), (28672, 4096)])
 def test_stream_k_grid_covers_work_once(m, n, k):
     clusters = [c for c in _cluster_configs(1) + _cluster_configs(2) if fits(c, n)]
-    for cfg in G.candidate_configs(m, n, k) + clusters:
+    splits = [GemmConfig.from_shape(s) for s in EXPERIMENTAL_SHAPES if s[6] > 1]
+    for cfg in G.candidate_configs(m, n, k) + clusters + [c for c in splits if fits(c, n, k)]:
         assert cfg.shape in COMPILED_SHAPES + EXPERIMENTAL_SHAPES
         grid, total, n_tiles = stream_k_grid(m, n, k, cfg, sms=132)
         assert grid % cfg.cluster == 0 and n_tiles % cfg.cluster == 0
@@ -84,7 +104,11 @@ def test_stream_k_grid_covers_work_once(m, n, k):
             c = ((g + 1) * runs - 1) // total
             assert starts[c] <= g < starts[c + 1]
         m_tiles = -(-m // cfg.bn)
-        assert grid * m_tiles <= max(132 * cfg.ctas_per_sm, m_tiles * cfg.cluster)  # <= 1 wave
+        if cfg.dsmem_split > 1:  # one cluster per row tile: each run is a part of one tile
+            assert grid == n_tiles * cfg.dsmem_split
+            assert all(starts[c] // (-(-k // 128)) == (starts[c + 1] - 1) // (-(-k // 128)) for c in range(runs))
+        else:
+            assert grid * m_tiles <= max(132 * cfg.ctas_per_sm, m_tiles * cfg.cluster)  # <= 1 wave
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
 
 
@@ -178,9 +202,10 @@ def test_committed_table_names_only_shipped_kernels():
 
 
 def test_experimental_configs_compile_for_sm90a():
-    """The 2-CTA prefill kernels are no candidates (measured no faster); they must still build."""
+    """The 2-CTA prefill kernels (measured no faster) and the dsmem_split decode kernels (not run on
+    a GPU yet) are no candidates; they must still build."""
     keys = G.precompile("sm_90a", [GemmConfig.from_shape(shape) for shape in EXPERIMENTAL_SHAPES])
-    assert len(keys) == len(EXPERIMENTAL_SHAPES) and all("_cl2" in key for key in keys)
+    assert len(keys) == len(EXPERIMENTAL_SHAPES) and all("_cl2" in key or "_ds" in key for key in keys)
 
 
 def test_check_shape():
@@ -372,6 +397,7 @@ def test_gpu_special_blocks():
     [
         (3, GemmConfig(8, 1, 8, 3)),  # stream-K pieces: every workspace word must be empty again
         (64, GemmConfig(64, 1, 4, 2, cluster=2)),  # a 2-CTA cluster launch captured in the graph
+        (1, GemmConfig(8, 1, 8, 1, dsmem_split=4)),  # 4-CTA clusters summing through DSMEM
     ],
     ids=lambda v: getattr(v, "name", str(v)),
 )
@@ -481,3 +507,43 @@ def test_gpu_prefetched_fix_up_equals_l2_fix_up(m, n, k, cfg):
     torch.cuda.synchronize()
     assert torch.equal(out, shipped)
     assert _at_rest(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("accs", [4, 8])
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (7, 200, 272), (8, 640, 1040)])
+def test_gpu_sync_accumulators_match_reference(m, n, k, accs):
+    """Dev variant of the decode kernel: the mma.sync k16 steps over 4 / 8 accumulators sum the
+    same products as the shipped 2 (another fp32 order: close to the reference, not bit-equal)."""
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
+
+    cfg = GemmConfig(8, 1, 8, 2, per_step=2)  # the shipped decode config
+    q, w, s, x = _case(m, n, k)
+    alpha = torch.rand(n, device="cuda") + 0.5
+    kernel = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), sync_accumulators=accs)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _launch_variant(kernel, x, w, s, alpha, out, cfg)
+    torch.cuda.synchronize()
+    _assert_close_to_reference(out, _ref(x, q, alpha))
+    assert _at_rest(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "m,n,k,split",
+    [(1, 4096, 4096, 4), (8, 4096, 4096, 2), (13, 6144, 4096, 4), (7, 200, 272, 3), (5, 640, 1040, 8)],
+)
+def test_gpu_dsmem_split_matches_reference(m, n, k, split):
+    """The decode kernel with clusters of `split` CTAs per row tile, the lower K parts' partials
+    summed in the last CTA's shared memory (st.async + mbarrier): close to the reference, the
+    same bits on every launch (parts added in a fixed order), and no stream-K workspace used."""
+    cfg = GemmConfig(8, 1, 8, 1, per_step=2, dsmem_split=split)
+    q, w, s, x = _case(m, n, k)
+    for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
+        outs = []
+        for _ in range(3):
+            out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+            G.gemm_w4a16_out(x, w, s, alpha, out, cfg)
+            outs.append(out)
+        _assert_close_to_reference(outs[0], _ref(x, q, alpha))
+        assert all(torch.equal(o, outs[0]) for o in outs[1:])
