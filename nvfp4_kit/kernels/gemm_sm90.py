@@ -319,7 +319,8 @@ def gemm_w4a16_out(
     device = x.device
     sms = _sms(device)
     grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
-    ws = _workspace(device, _ws_elems(m, grid, cfg), cfg)
+    # (dsmem_split kernels sum their partials in shared memory: no workspace, none grown in capture)
+    ws_ptr = 0 if cfg.dsmem_split > 1 else _workspace(device, _ws_elems(m, grid, cfg), cfg).data_ptr()
     _compiled(cfg).on_current_stream(
         device.index,
         x.data_ptr(),
@@ -327,7 +328,7 @@ def gemm_w4a16_out(
         w_scale.data_ptr(),
         alpha.data_ptr(),
         out.data_ptr(),
-        ws.data_ptr(),
+        ws_ptr,
         m,
         n,
         k,

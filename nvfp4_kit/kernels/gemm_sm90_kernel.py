@@ -38,6 +38,11 @@ Design (Hopper, swap-AB, mixed input):
      is refilled only when the consumers of both CTAs have released it (each consumer warp arrives
      on both CTAs' empty barriers), and a producer waits for every stage to be released before
      its CTA exits, so no peer arrives on or writes into the shared memory of an exited CTA.
+  9. DSMEM split-K (`dsmem_split` d, experimental, decode): no stream-K cut; the d CTAs of a cluster
+     each take one part of a row tile's K chunks, and the lower parts' fp32 partials go by st.async
+     into the shared memory of the CTA with the last part, whose mbarrier counts their bytes; it
+     adds them in part order and stores. Peers only write into that CTA, which waits for all of
+     them before it exits.
 
 Constraints: K % 16 == 0 (x row stride 16-byte aligned for TMA), x/out contiguous; W prepared by
 gemm_sm90_layout.prepare_weight (N padded to 128, K to 128). M, N, K and the grid are run time.
@@ -97,9 +102,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if STEPS % sync_accumulators:
             raise ValueError(f"sync_accumulators={sync_accumulators}: a divisor of {STEPS}")
         self.sync_accumulators = sync_accumulators
-        # (dev) dsmem_split d > 1: clusters of d CTAs share each row tile's K chunks (the grid is
-        # n_tiles * d runs, gemm_sm90_config.dsmem_split_grid); the d - 1 lower pieces go by
-        # st.async into the shared memory of the CTA holding the tile's last chunks, which sums
+        # (experimental) dsmem_split d > 1: clusters of d CTAs share each row tile's K chunks (the
+        # grid is n_tiles * d runs, gemm_sm90_config.dsmem_split_grid); the d - 1 lower pieces go
+        # by st.async into the shared memory of the CTA holding the tile's last chunks, which sums
         # them (gemm_sm90_epilogue.send_partial / gather_partials): no L2 round trip, no workspace.
         if dsmem_split > 1 and not (self.sync_mma and cluster == 1 and wgs == 1 and mt == 1):
             raise ValueError(f"dsmem_split={dsmem_split}: the mma.sync path with wgs 1, mt 1, cluster 1")

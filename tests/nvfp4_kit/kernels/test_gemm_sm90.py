@@ -535,8 +535,9 @@ def test_gpu_sync_accumulators_match_reference(m, n, k, accs):
 )
 def test_gpu_dsmem_split_matches_reference(m, n, k, split):
     """The decode kernel with clusters of `split` CTAs per row tile, the lower K parts' partials
-    summed in the last CTA's shared memory (st.async + mbarrier): close to the reference, the
-    same bits on every launch (parts added in a fixed order), and no stream-K workspace used."""
+    summed in the last CTA's shared memory (st.async + mbarrier): close to the reference and the
+    same bits on every launch (parts added in a fixed order). It gets no workspace (a null
+    address: any access to one would fault the launch)."""
     cfg = GemmConfig(8, 1, 8, 1, per_step=2, dsmem_split=split)
     q, w, s, x = _case(m, n, k)
     for alpha in (torch.tensor([0.3], device="cuda"), torch.rand(n, device="cuda") + 0.5):
