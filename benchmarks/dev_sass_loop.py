@@ -3,11 +3,12 @@
 At decode the mma.sync consumer's instruction issue is what a chunk's time is made of (4 warps per CTA,
 2-3 CTAs per SM, ~200-250 instructions per warp and 64 x 128 weight chunk; benchmarks/notes_gemm.md
 v17), so the loop's instruction count is a number worth tracking between GPU runs. This compiles the
-bn 8 kernel for sm_90a (CuTe DSL on the CPU), assembles its PTX with ptxas, disassembles it, and
-counts the instructions from the full-barrier wait before the first HMMA to the loop's branch after
-the last of the chunk's 8 HMMAs, by opcode.
+mma.sync kernel (bn 8, or bn 16 on mma.sync) for sm_90a (CuTe DSL on the CPU), assembles its PTX
+with ptxas, disassembles it, and counts the instructions from the full-barrier wait before the
+first HMMA to the loop's branch after the last of the chunk's HMMAs (8 per token block of 8), by
+opcode.
 
-    CUTE_DSL_ARCH=sm_90a python benchmarks/dev_sass_loop.py [--bin DIR] [--dsmem 4]
+    CUTE_DSL_ARCH=sm_90a python benchmarks/dev_sass_loop.py [--bin DIR] [--dsmem 4] [--bn 16]
 
 --bin: a directory with ptxas and nvdisasm (default: the triton wheel's, if triton is installed).
 """
@@ -38,15 +39,17 @@ def _tool_dir(given: str | None) -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def kernel_ptx(dsmem_split: int) -> str:
+def kernel_ptx(bn: int, dsmem_split: int) -> str:
+    """The mma.sync kernel of bn 8 (shipped) or bn 16 (which ships on wgmma: built here on mma.sync
+    to compare loops)."""
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels import gemm_sm90 as G
-    from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
     split = {"dsmem_split": dsmem_split} if dsmem_split > 1 else {}
-    cfg = GemmConfig(8, 1, 8, 1, per_step=2, **split)
-    return cute.compile(G._kernel_for(cfg), *G._compile_args()).__ptx__
+    kernel = Sm90W4A16Kernel(bn, 1, 8 if bn == 8 else 7, 2, True, sync_mma=True, **split)
+    return cute.compile(kernel, *G._compile_args()).__ptx__
 
 
 def sass_of(ptx: str, tools: Path) -> str:
@@ -60,15 +63,15 @@ def sass_of(ptx: str, tools: Path) -> str:
         ).stdout
 
 
-def chunk_loop(sass: str) -> list[str]:
-    """Opcodes of the loop around the first run of 8 HMMAs: from the TRYWAIT before it to the
-    first branch after its eighth."""
+def chunk_loop(sass: str, n_mma: int) -> list[str]:
+    """Opcodes of the loop around the first run of a chunk's n_mma HMMAs: from the TRYWAIT before
+    it to the first branch after the last of them."""
     ops = [(m.group(3), line) for line in sass.splitlines() if (m := _INSTR.search(line))]
     hmma = [i for i, (op, _) in enumerate(ops) if op.startswith("HMMA")]
-    if len(hmma) < 8:
-        raise SystemExit("no 8 HMMAs found: not the mma.sync kernel?")
+    if len(hmma) < n_mma:
+        raise SystemExit(f"fewer than {n_mma} HMMAs: not the mma.sync kernel?")
     start = max(i for i in range(hmma[0]) if ops[i][0].startswith("SYNCS.PHASECHK"))
-    end = next(i for i in range(hmma[7], len(ops)) if ops[i][0] == "BRA")
+    end = next(i for i in range(hmma[n_mma - 1], len(ops)) if ops[i][0] == "BRA")
     return [op for op, _ in ops[start : end + 1]]
 
 
@@ -76,14 +79,18 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--bin", help="directory with ptxas and nvdisasm")
     p.add_argument("--dsmem", type=int, default=1, help="dsmem_split of the kernel (1: the stream-K one)")
+    p.add_argument("--bn", type=int, default=8, choices=(8, 16), help="token tile (16: on mma.sync)")
     a = p.parse_args()
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
     os.environ["CUTE_DSL_KEEP"] = "ptx"  # (read when cutlass is first imported)
     dump = tempfile.TemporaryDirectory()  # where the DSL also writes the PTX file
     os.environ["CUTE_DSL_DUMP_DIR"] = dump.name
-    loop = chunk_loop(sass_of(kernel_ptx(a.dsmem), _tool_dir(a.bin)))
+    loop = chunk_loop(sass_of(kernel_ptx(a.bn, a.dsmem), _tool_dir(a.bin)), 8 * (a.bn // 8))
     by_op = collections.Counter(op.split(".")[0] for op in loop)
-    print(f"bn8 decode chunk loop (dsmem_split {a.dsmem}): {len(loop)} SASS instructions per warp and chunk")
+    print(
+        f"bn{a.bn} mma.sync decode chunk loop (dsmem_split {a.dsmem}): {len(loop)} SASS instructions "
+        "per warp and chunk"
+    )
     print("  " + ", ".join(f"{op} {n}" for op, n in by_op.most_common()))
 
 
