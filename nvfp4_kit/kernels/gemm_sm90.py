@@ -319,8 +319,10 @@ def gemm_w4a16_out(
     device = x.device
     sms = _sms(device)
     grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)
-    # (dsmem_split kernels sum their partials in shared memory: no workspace, none grown in capture)
-    ws_ptr = 0 if cfg.dsmem_split > 1 else _workspace(device, _ws_elems(m, grid, cfg), cfg).data_ptr()
+    # (0 words: a dsmem_split kernel sums its partials in shared memory; it gets no workspace, so
+    # none is grown, or refused, under graph capture)
+    ws_words = _ws_elems(m, grid, cfg)
+    ws_ptr = _workspace(device, ws_words, cfg).data_ptr() if ws_words else 0
     _compiled(cfg).on_current_stream(
         device.index,
         x.data_ptr(),

@@ -166,12 +166,13 @@ class StreamKEpilogue:
         tile = g // e.k_chunks
         t0 = tile * e.k_chunks
         if t0 + e.k_chunks > e.g_begin + e.nk:
-            if cutlass.const_expr(self.probe not in (8, 9) and self.dsmem_split > 1):
-                self.send_partial(acc, epi)
-            elif cutlass.const_expr(self.probe not in (8, 9)):
-                base = self._slot(e.run, epi)
-                for v in cutlass.range_constexpr(cute.size(acc)):
-                    st_relaxed_f32(base + v * _WG * 4, acc[v])
+            if cutlass.const_expr(self.probe not in (8, 9)):
+                if cutlass.const_expr(self.dsmem_split > 1):
+                    self.send_partial(acc, epi)
+                else:
+                    base = self._slot(e.run, epi)
+                    for v in cutlass.range_constexpr(cute.size(acc)):
+                        st_relaxed_f32(base + v * _WG * 4, acc[v])
         else:
             if t0 >= e.g_begin:
                 self.store(acc, tile, epi, stage)
@@ -213,13 +214,11 @@ class StreamKEpilogue:
         e = epi
         closes, tile, t0 = self._closed_tile(e.g_begin, e.nk, e.k_chunks)
         if closes:
-            if cutlass.const_expr(self.dsmem_split > 1):
-                if cutlass.const_expr(self.probe != 9):
+            if cutlass.const_expr(self.probe != 9):
+                if cutlass.const_expr(self.dsmem_split > 1):
                     self.gather_partials(acc, epi)
-            else:
-                c_first = self._first_run(t0, e.total, e.runs)
-                if cutlass.const_expr(self.probe != 9):
-                    self.reduce(acc, c_first, epi)
+                else:
+                    self.reduce(acc, self._first_run(t0, e.total, e.runs), epi)
             self.store(acc, tile, epi, stage)
 
     @cute.jit

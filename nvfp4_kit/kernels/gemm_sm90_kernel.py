@@ -163,6 +163,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # bn x 128 bf16 out tile: the stream-K prefetch and the staged epilogue reuse the stage)
         self.x_stage_bytes = bn * K_CHUNK * 2
         self.bm = ROW_TILE * self.row_tiles
+        # dsmem_split: fp32 words of the closing CTA's d - 1 landing slots (one bm x bn partial each)
+        self.landing_words = (dsmem_split - 1) * self.bm * bn
         self.bk = K_CHUNK
         self.producer_warp = 4 * wgs
         # mt 2 holds 2 accumulators + 2 A fragments (~210 registers per consumer thread, above the
@@ -278,8 +280,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         }
         if self.dsmem_split > 1:
             fields["red_bar"] = cute.struct.MemRange[cutlass.Int64, 1]
-            red_words = (self.dsmem_split - 1) * self.bm * self.bn
-            fields["red"] = cute.struct.Align[cute.struct.MemRange[Float32, red_words], 16]
+            fields["red"] = cute.struct.Align[cute.struct.MemRange[Float32, self.landing_words], 16]
         return cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
     @cute.jit
@@ -378,7 +379,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             red_bar = storage.red_bar.data_ptr().toint()
             red_base = storage.red.data_ptr().toint()
             if tidx == 0:  # (only the closing CTA's is used; every CTA has one)
-                mbar_init_expect_tx(red_bar, Int32((self.dsmem_split - 1) * self.bm * self.bn * 4))
+                mbar_init_expect_tx(red_bar, Int32(self.landing_words * 4))
         # (clusters: the peer's barriers are initialized before anything multicasts or stores
         # into them)
         pipeline.pipeline_init_arrive(cluster_shape_mn=(self.cluster_size, 1), is_relaxed=True)
