@@ -716,10 +716,13 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         lane_c = t % 4
         b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
         g_last = g_begin + nk - 1
+        # K chunk of step i, counted down (no division per step: at decode the consumer's
+        # instruction issue is what the chunk time is made of, and g // k_chunks by a run-time
+        # divisor was ~25 uniform instructions of a ~250-instruction chunk)
+        kc = g_last - (g_last // k_chunks) * k_chunks
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         for i in cutlass.range(nk, unroll=1):
             g = g_last - i
-            kc = g - (g // k_chunks) * k_chunks
             if kc == k_chunks - 1:  # a piece starts
                 for a in accs:
                     a.fill(0.0)
@@ -748,6 +751,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                 self.sum_into(acc, accs)
                 self.flush(acc, g, epi)
+            kc = kc - 1
+            if kc < 0:
+                kc = k_chunks - 1
         self.sum_into(acc, accs)
         self.finish(acc, epi)
 
