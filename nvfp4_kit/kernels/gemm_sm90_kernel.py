@@ -64,8 +64,8 @@ from .gemm_sm90_layout import K_CHUNK, ROW_TILE, SCALE_GROUPS, STEPS
 from .gemm_sm90_ptx import (
     bulk_g2s,
     dequant_step,
-    ld_shared_b32,
     ld_shared_v4,
+    ldmatrix_x4,
     mbar_init_expect_tx,
     mma_bf16_m16n8k16,
 )
@@ -712,9 +712,14 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # swizzled stage (TMA SWIZZLE_128B, 1024-byte aligned): token rows of 128 bytes (64 k),
         # 16-byte column chunk q stored at q ^ (row % 8); 8-row atoms 1 KB apart, the two 64-wide
         # K halves bn/8 KB apart (layout ((8, bn/8), (64, 2)) : ((64, 512), (1, 64 bn)) elements).
-        lane_g = (t % 32) // 4
-        lane_c = t % 4
-        b_lane = sB.iterator.toint() + lane_g * 128 + lane_c * 4
+        # That is what a non-transposed ldmatrix hands out when its matrix rows are token rows
+        # (8 k each): one x4 per two k16 steps of a token block, chunks q = 4 p .. 4 p + 3 of the
+        # step pair's 64-wide K half (p = s // 2 % 2), lane l supplying token l % 8 of chunk
+        # 4 p + l // 8. (16 ld.shared + their address arithmetic per chunk were ~35 of the ~212
+        # SASS instructions of a decode chunk, where instruction issue is the limit.)
+        lane = t % 32
+        row = lane % 8
+        ldm_lane = [sB.iterator.toint() + row * 128 + (((4 * p + lane // 8) ^ row) << 4) for p in range(2)]
         g_last = g_begin + nk - 1
         # K chunk of step i, counted down (no division per step: at decode the consumer's
         # instruction issue is what the chunk time is made of, and g // k_chunks by a run-time
@@ -729,20 +734,24 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             x_pipe.consumer_wait(read)
             if cutlass.const_expr(not self.skip_math):
                 self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
-                b_stage = b_lane + read.index * self.x_stage_bytes
+                x_stage = read.index * self.x_stage_bytes
+                pair = []
                 for s in cutlass.range_constexpr(STEPS):
                     r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                    if cutlass.const_expr(self.probe != 1 and self.probe != 12 and s % 2 == 0):
+                        # B registers of steps s, s + 1 for every token block
+                        half = (s // 4) * (self.bn // 8)  # the step pair's K half, in 1 KB token blocks
+                        pair = [
+                            ldmatrix_x4(ldm_lane[s // 2 % 2] + x_stage + (half + nb) * 1024)
+                            for nb in range(self.bn // 8)
+                        ]
                     if cutlass.const_expr(self.probe != 1):
                         a = accs[s % self.sync_accumulators]
                         for nb in cutlass.range_constexpr(self.bn // 8):
-                            b = []
-                            for h in cutlass.range_constexpr(2):
-                                q = 2 * (s % 4) + h  # 16-byte chunk of k = 16 s + 8 h + 2 c
-                                off = (s // 4) * (self.bn // 8) * 1024 + nb * 1024
-                                if cutlass.const_expr(self.probe == 12):  # B from registers
-                                    b.append(wbuf[(s + h) % 8])
-                                else:
-                                    b.append(ld_shared_b32(b_stage + off + ((q ^ lane_g) << 4)))
+                            if cutlass.const_expr(self.probe == 12):  # B from registers
+                                b = [wbuf[(s + h) % 8] for h in range(2)]
+                            else:
+                                b = pair[nb][2 * (s % 2) : 2 * (s % 2) + 2]
                             d = mma_bf16_m16n8k16(r, b[0], b[1], [a[4 * nb + e] for e in range(4)])
                             for e in cutlass.range_constexpr(4):
                                 a[4 * nb + e] = d[e]

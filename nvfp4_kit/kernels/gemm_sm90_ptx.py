@@ -30,6 +30,7 @@ __all__ = [
     "bulk_g2s",
     "ld_shared_v4",
     "ld_shared_b32",
+    "ldmatrix_x4",
     "ld_shared_f32",
     "mma_bf16_m16n8k16",
     "pack_bf16x2",
@@ -251,6 +252,20 @@ def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
         llvm.StructType.get_literal([T.i32()] * 4),
         [Int32(addr).ir_value(loc=loc, ip=ip)],
         "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];",
+        "=r,=r,=r,=r,r",
+        side_effects=True,
+    )
+    return _i32s(res, 4, loc, ip)
+
+
+@dsl_user_op
+def ldmatrix_x4(addr: Int32, *, loc=None, ip=None) -> list:
+    """ldmatrix m8n8.x4 (b16, not transposed): lane l supplies the 16-byte row l % 8 of matrix
+    l // 8; register j of lane l gets elements 2 (l % 4), +1 of row l // 4 of matrix j."""
+    res = inline_ptx(
+        llvm.StructType.get_literal([T.i32()] * 4),
+        [Int32(addr).ir_value(loc=loc, ip=ip)],
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,r",
         side_effects=True,
     )
