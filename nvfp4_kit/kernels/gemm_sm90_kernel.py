@@ -68,6 +68,7 @@ from .gemm_sm90_ptx import (
     ldmatrix_x4,
     mbar_init_expect_tx,
     mma_bf16_m16n8k16,
+    scale_pair,
 )
 
 __all__ = ["Sm90W4A16Kernel"]
@@ -549,14 +550,17 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def read_chunk_words(self, wbuf, w_thr, s_thr, stage):
-        """wbuf = this thread's 8 nibble words + 4 scale-code words of the chunk in `stage`."""
+        """wbuf = this thread's 8 nibble words of the chunk in `stage`, then its scales as bf16x2
+        pairs: wbuf[8 + 2 p + r] = (S of step 2p | S of step 2p + 1) of row g (r 0) or g + 8 (r 1),
+        from bytes 2 (p % 2), +1 of code word 2 (p // 2) + r (one conversion per two steps)."""
         for slot in cutlass.range_constexpr(2):
             v = ld_shared_v4(w_thr + stage + slot * _WG * 16)
             for j in cutlass.range_constexpr(4):
                 wbuf[4 * slot + j] = v[j]
-        v = ld_shared_v4(s_thr + stage)
-        for j in cutlass.range_constexpr(4):
-            wbuf[8 + j] = v[j]
+        codes = ld_shared_v4(s_thr + stage)
+        for p in cutlass.range_constexpr(STEPS // 2):
+            for r in cutlass.range_constexpr(2):
+                wbuf[8 + 2 * p + r] = scale_pair(codes[2 * (p // 2) + r], 2 * (p % 2))
 
     @cute.jit
     def consume(self, mma_first, mma_acc, sB, x_pipe, sw_base, epi):
@@ -576,7 +580,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             [cute.make_rmem_tensor(((2, 2, 2), 1, STEPS), BFloat16) for _ in range(self.mt)]
             for _ in range(2 if self.per_step == 2 else 1)
         ]
-        wbuf = cute.make_rmem_tensor((12,), Int32)  # a chunk's 8 nibble words + 4 code words
+        wbuf = cute.make_rmem_tensor((16,), Int32)  # a chunk's 8 nibble words + 8 scale pairs
         epis = self.block_epis(epi)
         addrs = [self.thread_chunk_addrs(sw_base, e) for e in epis]
         if cutlass.const_expr(self.probe == 7):
@@ -706,7 +710,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         for a in accs:
             a.fill(0.0)
         acc = cute.make_rmem_tensor(acc_shape, Float32)  # their sum, what flush() reads
-        wbuf = cute.make_rmem_tensor((12,), Int32)
+        wbuf = cute.make_rmem_tensor((16,), Int32)
         w_thr, s_thr = self.thread_chunk_addrs(sw_base, epi)
         # B fragment of lane (g, c): x[token g (+8j), k 2c, 2c+1 (+8)] of a K-major, 128-byte
         # swizzled stage (TMA SWIZZLE_128B, 1024-byte aligned): token rows of 128 bytes (64 k),
@@ -737,7 +741,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 x_stage = read.index * self.x_stage_bytes
                 pair = []
                 for s in cutlass.range_constexpr(STEPS):
-                    r = dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+                    r = self.dequant_or_probe(wbuf, s)
                     if cutlass.const_expr(self.probe != 1 and self.probe != 12 and s % 2 == 0):
                         # B registers of steps s, s + 1 for every token block
                         half = (s // 4) * (self.bn // 8)  # the step pair's K half, in 1 KB token blocks
@@ -777,9 +781,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
     def dequant_or_probe(self, wbuf, s):
         """Step s's 4 A registers (8 bf16 weights) from the chunk's words; probe 6 passes the words
         through undecoded to time the kernel without the dequant arithmetic."""
+        pair_g, pair_g8 = wbuf[8 + 2 * (s // 2)], wbuf[9 + 2 * (s // 2)]
         if cutlass.const_expr(self.probe == 6):
-            return [wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], wbuf[(s + 1) % 8]]
-        return dequant_step(wbuf[s], wbuf[8 + 2 * (s // 4)], wbuf[9 + 2 * (s // 4)], s % 4)
+            return [wbuf[s], pair_g, pair_g8, wbuf[(s + 1) % 8]]
+        return dequant_step(wbuf[s], pair_g, pair_g8, s % 2)
 
     @cute.jit
     def chunk(self, ctx, mma_first, frag_a, read, keep_in_flight: int):

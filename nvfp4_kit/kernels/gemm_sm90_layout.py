@@ -10,12 +10,14 @@ four bf16x2 registers r0..r3 = (g, 2c|2c+1), (g+8, 2c|2c+1), (g, 2c+8|2c+9), (g+
 * weight: int32 words (Nt, Kc, 2, 128, 4), Nt = N_pad/64 row tiles, Kc = K_pad/128 chunks. Word
   [nt, kc, s // 4, t, s % 4] holds thread t's 8 nibbles of k16 step s of chunk kc, so one 16-byte
   load gives a thread 4 steps and a warpgroup's load is 2 KB contiguous (fully coalesced).
-  Bits of a word (lo half; the hi element of each bf16x2 is the same +16):
-      r0: magnitude bits 0..2, sign 9      r1: magnitude 3..5, sign 12
-      r2: magnitude 6..8, sign 15          r3: magnitude bits 10, 11, 13, sign 14
-  so r0 = (w << 6) & M, r1 = (w << 3) & M, r2 = w & M with M = 0x81C081C0 put each e2m1 magnitude
-  at bf16 bits [8:6] and its sign at bit 15: that bf16 IS e2m1 * 2^-126 (0.5 -> a subnormal).
-  r3 needs three shifts (no 4-way tiling of the pattern exists; searched exhaustively).
+  Bits of a word (lo half; the hi element of each bf16x2 is the same + 16, mod 32):
+      r0: magnitude bits 2..4, sign 11     r1: magnitude 28..30, sign 5
+      r2: magnitude 6..8, sign 15          r3: magnitude bits 0, 1, 26, sign 9
+  so r0 = rotl(w, 4) & M, r1 = rotl(w, 10) & M, r2 = w & M with M = 0x81C081C0 put each e2m1
+  magnitude at bf16 bits [8:6] and its sign at bit 15: that bf16 IS e2m1 * 2^-126 (0.5 -> a
+  subnormal); r3 = (rotl(w, 6) & 0x80C080C0) | (rotl(w, 14) & 0x01000100). 9 integer ops per 8
+  values (rotations are one funnel shift each). No placement gives every register one shift and
+  mask (searched exhaustively, rotations included); the plain shifts of earlier versions took 11.
 * scale: uint8 codes (Nt, Kc, 32, 16), 512 bytes per tile and chunk (one byte per 16 weights, no
   redundancy: HBM bytes are the decode time). Row group q = 8w + l//4 (0..31) holds rows g and g+8;
   bytes [4j..4j+3] of group q are the codes of row g (j even) or g+8 (j odd) for steps
@@ -128,8 +130,8 @@ def thread_scale_group(t: torch.Tensor) -> torch.Tensor:
 
 # (register j, half h) -> (row offset, column offset) inside a k16 step for g, 2c.
 _REG_ELEMS = (((0, 0), (0, 1)), ((8, 0), (8, 1)), ((0, 8), (0, 9)), ((8, 8), (8, 9)))
-# (register j) -> word bit of magnitude bit 0,1,2 and of the sign (lo half; hi half is +16)
-_REG_BITS = ((0, 1, 2, 9), (3, 4, 5, 12), (6, 7, 8, 15), (10, 11, 13, 14))
+# (register j) -> word bit of magnitude bit 0,1,2 and of the sign (lo half; hi half is +16 mod 32)
+_REG_BITS = ((2, 3, 4, 11), (28, 29, 30, 5), (6, 7, 8, 15), (0, 1, 26, 9))
 
 
 def _check_inputs(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[int, int]:
@@ -180,10 +182,9 @@ def prepare_weight(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch
         for half, (dr, dc) in enumerate(((dr0, dc0), (dr1, dc1))):
             e = qv[g + dr, 2 * c + dc]  # (128, nt, kc, steps)
             e = e.permute(1, 2, 3, 0).to(torch.int64)  # (nt, kc, steps, 128)
-            bits = _REG_BITS[j]
-            for b in range(3):
-                words |= ((e >> b) & 1) << (bits[b] + 16 * half)
-            words |= ((e >> 3) & 1) << (bits[3] + 16 * half)
+            bits = [(b + 16 * half) % 32 for b in _REG_BITS[j]]
+            for b in range(4):  # magnitude bits 0..2, then the sign
+                words |= ((e >> b) & 1) << bits[b]
     words = words.view(nt, kc, 2, 4, 128).permute(0, 1, 2, 4, 3)  # (nt, kc, slot, t, word)
     w_out = (words - ((words >> 31) << 32)).to(torch.int32).contiguous()  # two's complement
     cv = cp.view(nt, ROW_TILE, kc, STEPS)
@@ -204,12 +205,11 @@ def _unshuffle_codes(w: torch.Tensor, nt: int, kc: int) -> torch.Tensor:
     words = words.permute(0, 1, 2, 4, 3).reshape(nt, kc, STEPS, 128)
     q = torch.zeros(ROW_TILE, 16, nt, kc, STEPS, dtype=torch.int64, device=w.device)
     for j, elems in enumerate(_REG_ELEMS):
-        bits = _REG_BITS[j]
         for half, (dr, dc) in enumerate(elems):
+            bits = [(b + 16 * half) % 32 for b in _REG_BITS[j]]
             e = torch.zeros_like(words)
-            for b in range(3):
-                e |= ((words >> (bits[b] + 16 * half)) & 1) << b
-            e |= ((words >> (bits[3] + 16 * half)) & 1) << 3
+            for b in range(4):
+                e |= ((words >> bits[b]) & 1) << b
             q[g + dr, 2 * c + dc] = e.permute(3, 0, 1, 2)  # (128, nt, kc, steps)
     return q.permute(2, 0, 3, 4, 1).reshape(nt * ROW_TILE, kc * K_CHUNK)
 
@@ -258,11 +258,15 @@ def emulate_dequant(w: torch.Tensor, w_scale: torch.Tensor, n: int, k: int) -> t
     nt, kc = check_prepared(w, w_scale, n, k)
     words = (w.to(torch.int64) & 0xFFFFFFFF).permute(0, 1, 2, 4, 3).reshape(nt, kc, STEPS, 128)
     m = _MASK
+
+    def rotl(x, n):
+        return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
     regs = [
-        (words << 6) & m,
-        (words << 3) & m,
+        rotl(words, 4) & m,
+        rotl(words, 10) & m,
         words & m,
-        ((words >> 4) & 0x00C000C0) | ((words >> 5) & 0x01000100) | ((words << 1) & 0x80008000),
+        (rotl(words, 6) & 0x80C080C0) | (rotl(words, 14) & 0x01000100),
     ]
     g, c = _thread_coords()
     sc = w_scale.to(torch.int64)[:, :, thread_scale_group(torch.arange(128))]  # (nt, kc, 128, 16)

@@ -17,6 +17,7 @@ from .ptx import inline_ptx
 __all__ = [
     "ld_nc_v4",
     "dequant_step",
+    "scale_pair",
     "ld_nc_f32",
     "st_bf16",
     "st_bf16_if",
@@ -58,39 +59,59 @@ def ld_nc_v4(addr: Int64, *, loc=None, ip=None) -> list:
     return _i32s(res, 4, loc, ip)
 
 
+# The 8 nibbles of a weight word (gemm_sm90_layout's bit placement) -> t0..t3, the four bf16x2
+# registers e2m1 * 2^-126 (before the scale): 9 integer ops, rotations as funnel shifts.
+_NIBBLES_TO_BF16 = (
+    "shf.l.wrap.b32 t0, $4, $4, 4;\n"
+    "and.b32 t0, t0, 0x81C081C0;\n"
+    "shf.l.wrap.b32 t1, $4, $4, 10;\n"
+    "and.b32 t1, t1, 0x81C081C0;\n"
+    "and.b32 t2, $4, 0x81C081C0;\n"
+    "shf.l.wrap.b32 a, $4, $4, 6;\n"
+    "shf.l.wrap.b32 b, $4, $4, 14;\n"
+    "and.b32 b, b, 0x01000100;\n"
+    "and.b32 a, a, 0x80C080C0;\n"
+    "or.b32 t3, a, b;\n"
+)
+
+
 @dsl_user_op
-def dequant_step(word: Int32, sw_g: Int32, sw_g8: Int32, byte: int, *, loc=None, ip=None) -> list:
-    """One k16 step: 8 nibbles (one word) + the scale-code words of rows g and g+8 -> the four
+def scale_pair(codes: Int32, first: int, *, loc=None, ip=None) -> Int32:
+    """bf16x2 (S_first | S_first+1) of scale-code bytes first, first + 1 of a word (S = bf16
+    scale * 2^119, as in dequant_step): one prmt + one shift-add for two k16 steps' scales."""
+    sel = first | (4 << 4) | ((first + 1) << 8) | (4 << 12)  # bytes: code, 0, code + 1, 0
+    return Int32(
+        inline_ptx(
+            T.i32(),
+            [Int32(codes).ir_value(loc=loc, ip=ip)],
+            "{\n.reg .b32 z, p;\nmov.b32 z, 0;\n"
+            f"prmt.b32 p, $1, z, {sel};\nshl.b32 p, p, 4;\nadd.u32 $0, p, 0x76807680;\n}}\n",
+            "=r,r",
+            side_effects=False,
+        )
+    )
+
+
+@dsl_user_op
+def dequant_step(word: Int32, pair_g: Int32, pair_g8: Int32, half: int, *, loc=None, ip=None) -> list:
+    """One k16 step: 8 nibbles (one word) + the scale_pair words of rows g and g + 8 -> the four
     bf16x2 A-fragment registers (g | g+8 | g | g+8), each = e2m1 * scale * 2^-7 exactly.
 
-    Scale: prmt puts code `byte` in both halves, (c << 4) + 0x7680 is bf16 scale * 2^119.
-    Nibbles: see gemm_sm90_layout (r0 = w<<6, r1 = w<<3, r2 = w, r3 = 3 shifts; & 0x81C081C0).
-    """
-    sel = byte | (4 << 4) | (byte << 8) | (4 << 12)  # bytes: code, 0, code, 0
+    Scale: half 0 / 1 is the even / odd step of the pair, broadcast into both lanes of the bf16x2
+    multiply (ptxas folds the broadcast into the HMUL2's .H0_H0 / .H1_H1 operand: no instruction).
+    Nibbles: _NIBBLES_TO_BF16 (gemm_sm90_layout's placement)."""
+    lanes = "{gl, gl}" if half == 0 else "{gh, gh}"
+    lanes8 = "{hl, hl}" if half == 0 else "{hh, hh}"
     asm = (
         "{\n"
-        ".reg .b32 z, sg, sh, t0, t1, t2, t3, a, b, c;\n"
-        "mov.b32 z, 0;\n"
-        f"prmt.b32 sg, $5, z, {sel};\n"
-        f"prmt.b32 sh, $6, z, {sel};\n"
-        "shl.b32 sg, sg, 4;\n"
-        "add.u32 sg, sg, 0x76807680;\n"
-        "shl.b32 sh, sh, 4;\n"
-        "add.u32 sh, sh, 0x76807680;\n"
-        "shl.b32 t0, $4, 6;\n"
-        "and.b32 t0, t0, 0x81C081C0;\n"
-        "shl.b32 t1, $4, 3;\n"
-        "and.b32 t1, t1, 0x81C081C0;\n"
-        "and.b32 t2, $4, 0x81C081C0;\n"
-        "shr.b32 a, $4, 4;\n"
-        "and.b32 a, a, 0x00C000C0;\n"
-        "shr.b32 b, $4, 5;\n"
-        "and.b32 b, b, 0x01000100;\n"
-        "shl.b32 c, $4, 1;\n"
-        "and.b32 c, c, 0x80008000;\n"
-        "or.b32 t3, a, b;\n"
-        "or.b32 t3, t3, c;\n"
-        "mul.rn.bf16x2 $0, t0, sg;\n"
+        ".reg .b16 gl, gh, hl, hh;\n"
+        ".reg .b32 sg, sh, t0, t1, t2, t3, a, b;\n"
+        "mov.b32 {gl, gh}, $5;\n"
+        "mov.b32 {hl, hh}, $6;\n"
+        f"mov.b32 sg, {lanes};\n"
+        f"mov.b32 sh, {lanes8};\n"
+        + _NIBBLES_TO_BF16
+        + "mul.rn.bf16x2 $0, t0, sg;\n"
         "mul.rn.bf16x2 $1, t1, sh;\n"
         "mul.rn.bf16x2 $2, t2, sg;\n"
         "mul.rn.bf16x2 $3, t3, sh;\n"
@@ -98,7 +119,7 @@ def dequant_step(word: Int32, sw_g: Int32, sw_g8: Int32, byte: int, *, loc=None,
     )
     res = inline_ptx(
         llvm.StructType.get_literal([T.i32()] * 4),
-        [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, sw_g, sw_g8)],
+        [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, pair_g, pair_g8)],
         asm,
         "=r,=r,=r,=r,r,r,r",
         # volatile: keeps LLVM from sinking the dequant between wgmmas (ptxas would then
