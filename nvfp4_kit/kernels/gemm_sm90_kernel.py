@@ -605,6 +605,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         g_last = g_begin + nk - 1
+        kc = g_last - (g_last // k_chunks) * k_chunks  # K chunk of step i, counted down (consume_sync)
         publish_at = self.publish_step(epi)
         # A piece of a row tile starts at the tile's last chunk (chunks run high to low) and ends
         # at its chunk 0 or at the run's end; flush() stores or parks it, finish() closes the
@@ -618,7 +619,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 for d in cutlass.range_constexpr(2):
                     i = i0 + d
                     g = g_last - i
-                    kc = g - (g // k_chunks) * k_chunks
                     mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                     self.chunk(ctx, mma_first, frags[d], read, 1)
                     if i > 0:  # chunk i-1 retired by the wait above: its stage is free
@@ -630,10 +630,12 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                         self.flush_blocks(accs, g, epis, release.index)
                     if i == publish_at:
                         self.publish_blocks(epis)
+                    kc = kc - 1
+                    if kc < 0:
+                        kc = k_chunks - 1
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
-                kc = g - (g // k_chunks) * k_chunks
                 mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if n_main > 0:
@@ -645,7 +647,6 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             n_looped = nk
             for i in cutlass.range(nk, unroll=1):
                 g = g_last - i
-                kc = g - (g // k_chunks) * k_chunks
                 mma_first.set(warpgroup.Field.ACCUMULATE, kc != k_chunks - 1)
                 self.chunk(ctx, mma_first, frags[0], read, 0)
                 if i > 0:  # chunk i-1's wgmmas have retired: its stage is free
@@ -657,6 +658,9 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     self.flush_blocks(accs, g, epis, release.index)
                 if i == publish_at:
                     self.publish_blocks(epis)
+                kc = kc - 1
+                if kc < 0:
+                    kc = k_chunks - 1
         warpgroup.wait_group(0)
         if publish_at >= n_looped:  # every run publishes its parked piece before any closing waits
             self.publish_blocks(epis)
