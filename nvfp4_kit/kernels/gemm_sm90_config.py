@@ -229,8 +229,10 @@ COMPILED_SHAPES: tuple[KernelShape, ...] = (
 # lts__t_bytes: gate_up M = 4096 bn256 9.03 -> 6.49 GB, qkv M = 512 bn128 323 -> 210 MB) and ran no
 # faster (1.28 vs 1.26 ms, 60.4 vs 60.3 us; best cluster config against best 1-CTA config: -1.3..+3.8%
 # over the 24 points qkv/o/gate_up/down x M = 128..4096; H100, benchmarks/notes_gemm.md v12).
-# And the dsmem_split decode kernels (2, 3, 4 CTAs per row tile): built, CPU-compiled and covered by
-# GPU tests, not yet run on a GPU (notes_gemm.md v17), so no tuning run may pick them.
+# And the dsmem_split decode kernels (2, 3, 4 CTAs per row tile): correct on the GPU tests; at M = 1
+# within 2% of stream-K on o (ds4 6.13 vs 6.24 us) and slower on qkv (ds3 8.15 vs 7.32) and down (ds4
+# 16.8 vs 12.9): their DSMEM reduction is cheap (o: 0.38 us against stream-K's 1.73) but the main loop
+# of an n_tiles x d grid is not (o ds4 without any fix-up 5.75 vs 4.51 us; H100, notes_gemm.md v18).
 EXPERIMENTAL_SHAPES: tuple[KernelShape, ...] = (
     (128, 2, 4, 1, 1, 2, 1),
     (128, 2, 4, 2, 1, 2, 1),
