@@ -46,17 +46,23 @@ def _i32s(struct, n, loc, ip):
     return [Int32(llvm.extractvalue(T.i32(), struct, [i], loc=loc, ip=ip)) for i in range(n)]
 
 
+def _four_words(operands, asm: str, constraints: str, side_effects: bool, loc, ip) -> list:
+    """Inline PTX whose results are four 32-bit registers ($0..$3): 4 x Int32."""
+    four = llvm.StructType.get_literal([T.i32()] * 4)
+    return _i32s(inline_ptx(four, operands, asm, constraints, side_effects=side_effects), 4, loc, ip)
+
+
 @dsl_user_op
 def ld_nc_v4(addr: Int64, *, loc=None, ip=None) -> list:
     """16-byte streaming load of read-only weights (no L1 allocation): 4 x Int32."""
-    res = inline_ptx(
-        llvm.StructType.get_literal([T.i32()] * 4),
+    return _four_words(
         [Int64(addr).ir_value(loc=loc, ip=ip)],
         "ld.global.nc.L1::no_allocate.v4.u32 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,l",
-        side_effects=False,
+        False,
+        loc,
+        ip,
     )
-    return _i32s(res, 4, loc, ip)
 
 
 # The 8 nibbles of a weight word (gemm_sm90_layout's bit placement) -> t0..t3, the four bf16x2
@@ -117,16 +123,10 @@ def dequant_step(word: Int32, pair_g: Int32, pair_g8: Int32, half: int, *, loc=N
         "mul.rn.bf16x2 $3, t3, sh;\n"
         "}\n"
     )
-    res = inline_ptx(
-        llvm.StructType.get_literal([T.i32()] * 4),
-        [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, pair_g, pair_g8)],
-        asm,
-        "=r,=r,=r,=r,r,r,r",
-        # volatile: keeps LLVM from sinking the dequant between wgmmas (ptxas would then
-        # serialize them, warning C7513)
-        side_effects=True,
-    )
-    return _i32s(res, 4, loc, ip)
+    operands = [Int32(v).ir_value(loc=loc, ip=ip) for v in (word, pair_g, pair_g8)]
+    # volatile (side effects): keeps LLVM from sinking the dequant between wgmmas (ptxas would then
+    # serialize them, warning C7513)
+    return _four_words(operands, asm, "=r,=r,=r,=r,r,r,r", True, loc, ip)
 
 
 @dsl_user_op
@@ -269,28 +269,22 @@ def bulk_g2s(dst_smem: Int32, src: Int64, nbytes: int, mbar_smem: Int32, *, loc=
 
 @dsl_user_op
 def ld_shared_v4(addr: Int32, *, loc=None, ip=None) -> list:
-    res = inline_ptx(
-        llvm.StructType.get_literal([T.i32()] * 4),
-        [Int32(addr).ir_value(loc=loc, ip=ip)],
-        "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];",
-        "=r,=r,=r,=r,r",
-        side_effects=True,
-    )
-    return _i32s(res, 4, loc, ip)
+    operands = [Int32(addr).ir_value(loc=loc, ip=ip)]
+    return _four_words(operands, "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,r", True, loc, ip)
 
 
 @dsl_user_op
 def ldmatrix_x4(addr: Int32, *, loc=None, ip=None) -> list:
     """ldmatrix m8n8.x4 (b16, not transposed): lane l supplies the 16-byte row l % 8 of matrix
     l // 8; register j of lane l gets elements 2 (l % 4), +1 of row l // 4 of matrix j."""
-    res = inline_ptx(
-        llvm.StructType.get_literal([T.i32()] * 4),
+    return _four_words(
         [Int32(addr).ir_value(loc=loc, ip=ip)],
         "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {$0, $1, $2, $3}, [$4];",
         "=r,=r,=r,=r,r",
-        side_effects=True,
+        True,
+        loc,
+        ip,
     )
-    return _i32s(res, 4, loc, ip)
 
 
 @dsl_user_op
