@@ -15,7 +15,6 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from .ptx import inline_ptx
 
 __all__ = [
-    "ld_nc_v4",
     "dequant_step",
     "scale_pair",
     "ld_nc_f32",
@@ -30,7 +29,6 @@ __all__ = [
     "trap",
     "bulk_g2s",
     "ld_shared_v4",
-    "ld_shared_b32",
     "ldmatrix_x4",
     "ld_shared_f32",
     "mma_bf16_m16n8k16",
@@ -50,19 +48,6 @@ def _four_words(operands, asm: str, constraints: str, side_effects: bool, loc, i
     """Inline PTX whose results are four 32-bit registers ($0..$3): 4 x Int32."""
     four = llvm.StructType.get_literal([T.i32()] * 4)
     return _i32s(inline_ptx(four, operands, asm, constraints, side_effects=side_effects), 4, loc, ip)
-
-
-@dsl_user_op
-def ld_nc_v4(addr: Int64, *, loc=None, ip=None) -> list:
-    """16-byte streaming load of read-only weights (no L1 allocation): 4 x Int32."""
-    return _four_words(
-        [Int64(addr).ir_value(loc=loc, ip=ip)],
-        "ld.global.nc.L1::no_allocate.v4.u32 {$0, $1, $2, $3}, [$4];",
-        "=r,=r,=r,=r,l",
-        False,
-        loc,
-        ip,
-    )
 
 
 # The 8 nibbles of a weight word (gemm_sm90_layout's bit placement) -> t0..t3, the four bf16x2
@@ -285,11 +270,6 @@ def ldmatrix_x4(addr: Int32, *, loc=None, ip=None) -> list:
         loc,
         ip,
     )
-
-
-@dsl_user_op
-def ld_shared_b32(addr: Int32, *, loc=None, ip=None) -> Int32:
-    return Int32(_ld_word(addr, "ld.shared", "b32", loc, ip))
 
 
 @dsl_user_op
