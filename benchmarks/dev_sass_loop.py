@@ -3,12 +3,12 @@
 At decode the mma.sync consumer's instruction issue is what a chunk's time is made of (4 warps per CTA,
 2-3 CTAs per SM, ~200-250 instructions per warp and 64 x 128 weight chunk; benchmarks/notes_gemm.md
 v17), so the loop's instruction count is a number worth tracking between GPU runs. This compiles the
-mma.sync kernel (bn 8, or bn 16 on mma.sync) for sm_90a (CuTe DSL on the CPU), assembles its PTX
+mma.sync kernel (bn 8 or 16, or bn 32 built on mma.sync) for sm_90a (CuTe DSL on the CPU), assembles its PTX
 with ptxas, disassembles it, and counts the instructions from the full-barrier wait before the
 first HMMA to the loop's branch after the last of the chunk's HMMAs (8 per token block of 8), by
 opcode.
 
-    CUTE_DSL_ARCH=sm_90a python benchmarks/dev_sass_loop.py [--bin DIR] [--dsmem 4] [--bn 16]
+    CUTE_DSL_ARCH=sm_90a python benchmarks/dev_sass_loop.py [--bin DIR] [--dsmem 4] [--bn 16|32]
 
 --bin: a directory with ptxas and nvdisasm (default: the triton wheel's, if triton is installed).
 """
@@ -40,15 +40,15 @@ def _tool_dir(given: str | None) -> Path:
 
 
 def kernel_ptx(bn: int, dsmem_split: int) -> str:
-    """The mma.sync kernel of bn 8 (shipped) or bn 16 (which ships on wgmma: built here on mma.sync
-    to compare loops)."""
+    """The mma.sync kernel of bn 8 or 16 (the shipped stages) or bn 32 (which ships on wgmma, with
+    5 stages: built here on mma.sync to compare loops)."""
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels import gemm_sm90 as G
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
     split = {"dsmem_split": dsmem_split} if dsmem_split > 1 else {}
-    kernel = Sm90W4A16Kernel(bn, 1, 8 if bn == 8 else 7, 2, True, sync_mma=True, **split)
+    kernel = Sm90W4A16Kernel(bn, 1, {8: 8, 16: 7, 32: 5}[bn], 2, True, sync_mma=True, **split)
     return cute.compile(kernel, *G._compile_args()).__ptx__
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--bin", help="directory with ptxas and nvdisasm")
     p.add_argument("--dsmem", type=int, default=1, help="dsmem_split of the kernel (1: the stream-K one)")
-    p.add_argument("--bn", type=int, default=8, choices=(8, 16), help="token tile (16: on mma.sync)")
+    p.add_argument("--bn", type=int, default=8, choices=(8, 16, 32), help="token tile (32: on mma.sync)")
     a = p.parse_args()
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
     os.environ["CUTE_DSL_KEEP"] = "ptx"  # (read when cutlass is first imported)

@@ -92,10 +92,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
     ):
         self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
-        # measured 2-7% slower than wgmma on H100, benchmarks/notes_gemm.md)
+        # measured 2-7% slower than wgmma before the v17 loop and 1-9% faster with it, H100,
+        # benchmarks/notes_gemm.md v18: the default moves once a GPU has run its tests)
         self.sync_mma = (bn == 8) if sync_mma is None else sync_mma
-        if self.sync_mma and bn > 16:
-            raise ValueError(f"bn={bn}: the mma.sync path serves bn 8 and 16")
+        if self.sync_mma and bn > 32:  # bn 32 on mma.sync: a dev variant (notes_gemm.md v18)
+            raise ValueError(f"bn={bn}: the mma.sync path serves bn 8, 16 and 32")
         if cluster not in (1, 2) or (cluster == 2 and self.sync_mma):
             raise ValueError(f"cluster={cluster}: 1, or 2 on the wgmma path")
         self.pdl = pdl

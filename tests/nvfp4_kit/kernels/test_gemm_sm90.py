@@ -202,10 +202,23 @@ def test_committed_table_names_only_shipped_kernels():
 
 
 def test_experimental_configs_compile_for_sm90a():
-    """The 2-CTA prefill kernels (measured no faster) and the dsmem_split decode kernels (not run on
-    a GPU yet) are no candidates; they must still build."""
+    """The 2-CTA prefill kernels and the dsmem_split decode kernels (both measured, not a win) are no
+    candidates; they must still build."""
     keys = G.precompile("sm_90a", [GemmConfig.from_shape(shape) for shape in EXPERIMENTAL_SHAPES])
     assert len(keys) == len(EXPERIMENTAL_SHAPES) and all("_cl2" in key or "_ds" in key for key in keys)
+
+
+@pytest.mark.parametrize("bn,stages", [(16, 7), (32, 5)])
+def test_mma_sync_wide_tiles_compile_for_sm90a(bn, stages):
+    """Dev variants (dev_gemm_probe --mma sync, dev_sass_loop --bn): the 16- and 32-token tiles on the
+    mma.sync consumer must keep building; 64 tokens and up are wgmma's (register budget)."""
+    import cutlass.cute as cute
+
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
+
+    assert cute.compile(Sm90W4A16Kernel(bn, 1, stages, 2, True, sync_mma=True), *G._compile_args())
+    with pytest.raises(ValueError, match="mma.sync"):
+        Sm90W4A16Kernel(64, 1, 4, 2, True, sync_mma=True)
 
 
 def test_check_shape():
@@ -521,6 +534,26 @@ def test_gpu_sync_accumulators_match_reference(m, n, k, accs):
     q, w, s, x = _case(m, n, k)
     alpha = torch.rand(n, device="cuda") + 0.5
     kernel = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), sync_accumulators=accs)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _launch_variant(kernel, x, w, s, alpha, out, cfg)
+    torch.cuda.synchronize()
+    _assert_close_to_reference(out, _ref(x, q, alpha))
+    assert _at_rest(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bn,stages,ctas", [(16, 7, 3), (32, 5, 3)])
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (13, 200, 272), (45, 640, 1040), (32, 6144, 4096)])
+def test_gpu_mma_sync_wide_tiles_match_reference(m, n, k, bn, stages, ctas):
+    """Dev variant: the 16- and 32-token tiles built on the mma.sync consumer (bn / 8 token blocks
+    per warp, B fragments by ldmatrix) instead of wgmma, with partial token tiles (M = 13, 45) and
+    the stream-K fix-up: close to the reference, the workspace left at rest."""
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
+
+    cfg = GemmConfig(bn, 1, stages, ctas, per_step=2)
+    q, w, s, x = _case(m, n, k)
+    alpha = torch.rand(n, device="cuda") + 0.5
+    kernel = Sm90W4A16Kernel(bn, 1, stages, cfg.per_step, True, sync_mma=True)
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     _launch_variant(kernel, x, w, s, alpha, out, cfg)
     torch.cuda.synchronize()
