@@ -489,6 +489,18 @@ def _launch_variant(kernel, x, w, s, alpha, out, cfg):
     fn(*G._dsl_args((*values, torch.cuda.current_stream().cuda_stream)))
 
 
+def _assert_variant_matches_reference(kernel, cfg, m, n, k):
+    """A dev variant on a random case with a per-row alpha: close to the reference, and the
+    stream-K workspace of cfg left at rest."""
+    q, w, s, x = _case(m, n, k)
+    alpha = torch.rand(n, device="cuda") + 0.5
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _launch_variant(kernel, x, w, s, alpha, out, cfg)
+    torch.cuda.synchronize()
+    _assert_close_to_reference(out, _ref(x, q, alpha))
+    assert _at_rest(cfg)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "m,n,k,cfg",
@@ -531,14 +543,8 @@ def test_gpu_sync_accumulators_match_reference(m, n, k, accs):
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
     cfg = GemmConfig(8, 1, 8, 2, per_step=2)  # the shipped decode config
-    q, w, s, x = _case(m, n, k)
-    alpha = torch.rand(n, device="cuda") + 0.5
     kernel = Sm90W4A16Kernel(cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), sync_accumulators=accs)
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _launch_variant(kernel, x, w, s, alpha, out, cfg)
-    torch.cuda.synchronize()
-    _assert_close_to_reference(out, _ref(x, q, alpha))
-    assert _at_rest(cfg)
+    _assert_variant_matches_reference(kernel, cfg, m, n, k)
 
 
 @pytest.mark.gpu
@@ -551,14 +557,8 @@ def test_gpu_mma_sync_wide_tiles_match_reference(m, n, k, bn, stages, ctas):
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
 
     cfg = GemmConfig(bn, 1, stages, ctas, per_step=2)
-    q, w, s, x = _case(m, n, k)
-    alpha = torch.rand(n, device="cuda") + 0.5
     kernel = Sm90W4A16Kernel(bn, 1, stages, cfg.per_step, True, sync_mma=True)
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _launch_variant(kernel, x, w, s, alpha, out, cfg)
-    torch.cuda.synchronize()
-    _assert_close_to_reference(out, _ref(x, q, alpha))
-    assert _at_rest(cfg)
+    _assert_variant_matches_reference(kernel, cfg, m, n, k)
 
 
 @pytest.mark.gpu
