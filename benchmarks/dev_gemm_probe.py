@@ -12,6 +12,9 @@ whose closers load the parked partials without waiting for flags, 11 = flags wai
 loaded, 20 / 20 + d = the full kernel without the closer's prefetch of the parked partials (flags
 released at the end of the run / d chunks after parking), 30 / 30 + d = the same with the prefetch
 (probe 0 is the shipped kernel: prefetch with flags 1 chunk after parking where it applies).
+--timeline runs probe 13 instead (the full mma.sync kernel stamping %globaltimer per CTA, the
+last of a graph of launches like the timed ones) and prints when each CTA's phases ended, by role:
+closing runs (sum a tile's parked partials), runs parked whole (inside one tile) and the rest.
 Probes of one shape and config are replayed interleaved; --cublas adds torch.matmul (bf16) to them.
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
@@ -37,7 +40,7 @@ from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_gra
 
 PROBE_NAMES = [
     "full", "no wgmma", "data only", "no fix-up", "launch", "no stores", "no dequant", "bf16 SS", "no park",
-    "no fixup", "no wait", "wait only", "B in regs",
+    "no fixup", "no wait", "wait only", "B in regs", "timeline",
 ]
 
 
@@ -74,6 +77,7 @@ def main() -> None:
     p.add_argument(
         "--dsmem", default="1", help="comma list of dsmem_split (1: stream-K; d: d-CTA clusters per row tile)"
     )
+    p.add_argument("--timeline", action="store_true", help="per-CTA phase times (probe 13) instead of probes")
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -81,6 +85,10 @@ def main() -> None:
             baselines(n, k)
         for spec in a.cfg.split(";"):
             cfg = GemmConfig.from_spec(spec)
+            if a.timeline:
+                for m in (int(v) for v in a.m.split(",")):
+                    timeline(n, k, m, cfg)
+                continue
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 for m in (int(v) for v in a.m.split(",")):
@@ -111,25 +119,54 @@ def baselines(n: int, k: int) -> None:
     )
 
 
-def run(
-    n: int, k: int, m: int, cfg: GemmConfig, variants: list[tuple[int, int, int]], sync=None, cublas=False
-) -> None:
-    """Time (probe, accs, dsmem_split) variants of one config and shape, interleaved."""
-    from cuda.bindings import driver as cuda_driver
-    from cutlass import BFloat16, Int64
-    from cutlass.cute.runtime import make_ptr
-    from cutlass.cute.typing import AddressSpace
-
+def operands(n: int, k: int, m: int, cfg: GemmConfig):
+    """Random packed weights in enough copies to exceed L2, x, alpha and the stream-K workspace."""
     nt, kc = -(-n // 128) * 2, -(-k // 128)  # 64-row tiles (N padded to 128), K chunks
     w = torch.randint(-(2**31), 2**31 - 1, (nt, kc, 2, 128, 4), dtype=torch.int32, device="cuda")
     s = torch.randint(0, 140, (w.shape[0], w.shape[1], 32, 16), dtype=torch.uint8, device="cuda")
     extra = copies_to_exceed_l2(w.numel() * 4 + s.numel()) - 1
     copies = [(w, s)] + [(w.clone(), s.clone()) for _ in range(extra)]
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
-    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     alpha = torch.ones(1, device="cuda")
     G.reserve_workspace(0, m, n, cfg)
-    ws = G.workspace_of(0, cfg)
+    return copies, x, alpha, G.workspace_of(0, cfg)
+
+
+def launcher(fn, grid: int, total: int, x, alpha, out_addr: int, ws, m: int, n: int, k: int):
+    """call(w, s): one launch of compiled kernel fn on torch's current stream."""
+    from cuda.bindings import driver as cuda_driver
+    from cutlass import BFloat16, Int64
+    from cutlass.cute.runtime import make_ptr
+    from cutlass.cute.typing import AddressSpace
+
+    def call(cw, cs):
+        stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
+        fn(
+            make_ptr(BFloat16, x.data_ptr(), AddressSpace.gmem, assumed_align=16),
+            Int64(cw.data_ptr()),
+            Int64(cs.data_ptr()),
+            Int64(alpha.data_ptr()),
+            Int64(out_addr),
+            Int64(ws.data_ptr()),
+            m,
+            n,
+            k,
+            -(-k // 128),
+            total,
+            grid,
+            0,
+            stream,
+        )
+
+    return call
+
+
+def run(
+    n: int, k: int, m: int, cfg: GemmConfig, variants: list[tuple[int, int, int]], sync=None, cublas=False
+) -> None:
+    """Time (probe, accs, dsmem_split) variants of one config and shape, interleaved."""
+    copies, x, alpha, ws = operands(n, k, m, cfg)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     nbytes = n * k * 0.5625
     names, call_sets = [], []
     for probe, accs, dsmem in variants:
@@ -142,25 +179,7 @@ def run(
             print(f"skip {cfg.name} probe {probe} mma={sync} accs={accs} dsmem={dsmem}: {e}", flush=True)
             continue
 
-        def call(cw, cs, fn=fn, grid=grid, total=total):
-            stream = cuda_driver.CUstream(torch.cuda.current_stream().cuda_stream)
-            fn(
-                make_ptr(BFloat16, x.data_ptr(), AddressSpace.gmem, assumed_align=16),
-                Int64(cw.data_ptr()),
-                Int64(cs.data_ptr()),
-                Int64(alpha.data_ptr()),
-                Int64(out.data_ptr()),
-                Int64(ws.data_ptr()),
-                m,
-                n,
-                k,
-                -(-k // 128),
-                total,
-                grid,
-                0,
-                stream,
-            )
-
+        call = launcher(fn, grid, total, x, alpha, out.data_ptr(), ws, m, n, k)
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
         label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
         names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} accs={accs} ds={dsmem} grid={grid}")
@@ -173,6 +192,67 @@ def run(
     times = interleaved_graph_times_us(call_sets, [100] * len(call_sets), reps=7)
     for name, us in zip(names, times, strict=True):
         print(f"{name} N={n} K={k} M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s", flush=True)
+
+
+def timeline(n: int, k: int, m: int, cfg: GemmConfig) -> None:
+    """Probe 13: replay a graph of launches (weights rotating past L2, as the timed probes), then
+    read the last launch's %globaltimer stamps and print each phase's end across CTAs, by role."""
+    from nvfp4_kit.kernels.gemm_sm90_kernel import TIMELINE_STAMPS
+
+    copies, x, alpha, ws = operands(n, k, m, cfg)
+    grid, total, _ = stream_k_grid(m, n, k, cfg, 132)
+    grid_y = -(-m // cfg.bn)
+    stamp_at = -(-m * n * 2 // 64) * 64  # bytes: the stamps follow the outputs (kernel.TIMELINE_STAMPS)
+    buf = torch.zeros(stamp_at + grid * grid_y * 64, dtype=torch.uint8, device="cuda")
+    call = launcher(
+        compiled(dataclasses.replace(cfg, ctas_per_sm=1), 13),
+        grid,
+        total,
+        x,
+        alpha,
+        buf.data_ptr(),
+        ws,
+        m,
+        n,
+        k,
+    )
+    graph_time_us([lambda cw=cw, cs=cs: call(cw, cs) for cw, cs in copies], launches=100, reps=3)
+    torch.cuda.synchronize()
+    stamps = buf[stamp_at:].view(torch.int64).view(grid * grid_y, 8)[:, : len(TIMELINE_STAMPS)].cpu()
+    t = (stamps - stamps[:, 0].min()).double() / 1000.0  # us since the first CTA started
+    kc = -(-k // 128)
+    role = []
+    for run in range(grid):  # (token tile 0's runs; the other token tiles repeat them)
+        g0, g1 = run * total // grid, (run + 1) * total // grid
+        t0 = g0 // kc * kc
+        if t0 < g0 and t0 + kc <= g1:
+            role.append("closing")
+        elif (g1 - 1) // kc == g0 // kc and g1 % kc:
+            role.append("parked whole")
+        else:
+            role.append("other")
+    role = role * grid_y
+    print(
+        f"timeline {cfg.name} N={n} K={k} M={m}: grid {grid} x {grid_y}, {total / grid:.2f} chunks per run; "
+        f"us since the first CTA's start, min / median / max over the CTAs of a role"
+    )
+    for r in ("closing", "parked whole", "other"):
+        rows = torch.tensor([i for i, x_ in enumerate(role) if x_ == r], dtype=torch.long)
+        if len(rows) == 0:
+            continue
+        print(f"  {r} ({len(rows)} CTAs)")
+        for j, name in enumerate(TIMELINE_STAMPS):
+            if j == 5 and r != "closing":  # (only closing runs stamp it)
+                continue
+            v = t[rows, j]
+            print(f"    {name:14s} {v.min():7.2f} {v.median():7.2f} {v.max():7.2f}")
+        if r == "closing":
+            v = t[rows, 5] - t[rows, 4]  # fix-up done - main loop end
+            print(f"    {'fix-up wait':14s} {v.min():7.2f} {v.median():7.2f} {v.max():7.2f}")
+    last = int(t[:, 6].argmax())
+    shown = [j for j in range(len(TIMELINE_STAMPS)) if j != 5 or role[last] == "closing"]
+    print(f"  last to store: CTA {last} ({role[last]}): " + ", ".join(
+        f"{TIMELINE_STAMPS[j]} {t[last, j]:.2f}" for j in shown))
 
 
 if __name__ == "__main__":

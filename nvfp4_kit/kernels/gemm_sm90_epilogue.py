@@ -110,6 +110,7 @@ class EpilogueArgs(NamedTuple):
     # mbarrier and landing slots for the peers' partials
     red_bar: Any = None
     red_base: Any = None
+    stamps: Any = None  # dev probe 13: this CTA's timeline slots (gemm_sm90_kernel.TIMELINE_STAMPS)
 
 
 class StreamKEpilogue:
@@ -219,6 +220,8 @@ class StreamKEpilogue:
                     self.gather_partials(acc, epi)
                 else:
                     self.reduce(acc, self._first_run(t0, e.total, e.runs), epi)
+            if cutlass.const_expr(self.probe == 13):
+                self.stamp(e.stamps, 5, e.t == 0)
             self.store(acc, tile, epi, stage)
 
     @cute.jit

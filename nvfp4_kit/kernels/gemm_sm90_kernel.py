@@ -69,9 +69,21 @@ from .gemm_sm90_ptx import (
     mbar_init_expect_tx,
     mma_bf16_m16n8k16,
     scale_pair,
+    st_globaltimer,
 )
 
-__all__ = ["Sm90W4A16Kernel"]
+__all__ = ["Sm90W4A16Kernel", "TIMELINE_STAMPS"]
+
+# dev probe 13: what each CTA's stamps record (slot order; 8 u64 slots = 64 bytes per CTA)
+TIMELINE_STAMPS = (
+    "producer start",  # before the PDL weight loads
+    "grid dep done",  # griddepcontrol.wait returned: the previous kernel's writes are visible
+    "last issue",  # the producer has issued its run's last chunk
+    "first data",  # consumer warp 0: the run's first stage has landed
+    "main loop end",  # every chunk multiplied, parked pieces stored
+    "fix-up done",  # the closing piece's peers' partials summed (= main loop end if none)
+    "stored",  # the closing piece's outputs issued
+)
 
 _WG = 128  # threads per warpgroup
 _W_CHUNK_BYTES = 2 * _WG * 16  # weight words of one 64-row tile x one K chunk
@@ -123,7 +135,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         # 9 = the full kernel without the stream-K fix-up (no parking, no reduce), stores kept,
         # 10 = the full kernel whose closers load the parked partials without waiting for their
         # flags (none published), 11 = the flags published and waited for, no partials loaded,
-        # 12 = the mma.sync path (bn 8) with its B operands from registers (no shared loads of x)
+        # 12 = the mma.sync path (bn 8) with its B operands from registers (no shared loads of x),
+        # 13 = the full kernel (mma.sync, no clusters) writing a timeline: %globaltimer stamps of
+        # each CTA (TIMELINE_STAMPS, u64) after the outputs, at out + round_up(m n 2 bytes, 64) +
+        # 64 * CTA (the caller allocates the room)
         self.probe = probe
         # piece_flags tiles without clusters (default there; the probes keep the other path): the
         # closing run's producer bulk-copies the parked partials into the pipeline's stages while
@@ -140,6 +155,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if publish_after is None:
             publish_after = 1 if prefetch else -1
         self.publish_after = publish_after
+        if probe == 13 and not (self.sync_mma and cluster == 1 and dsmem_split == 1):
+            raise ValueError("probe 13 (timeline) stamps the mma.sync path without clusters")
         if probe == 12 and not self.sync_mma:
             raise ValueError("probe 12 changes the mma.sync path's B operands: bn 8 (or sync_mma)")
         if probe in (8, 10, 11) and bn < 64:
@@ -352,6 +369,10 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             run, rank, runs = bid_x, Int32(0), grid_x
         g_begin = run * total // runs
         nk = (run + 1) * total // runs - g_begin
+        stamps = Int64(0)
+        if cutlass.const_expr(self.probe == 13):
+            stamps = (Int64(m) * Int64(n) * 2 + 63) // 64 * 64 + Int64(out_addr)
+            stamps = stamps + (Int64(bid_m) * Int64(grid_x) + Int64(bid_x)) * 64
         g_last = g_begin + nk - 1  # runs are walked from high to low chunks: step i is g_last - i
         if cutlass.const_expr(self.probe == 4):
             nk = Int32(0)
@@ -390,7 +411,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if warp_idx >= self.producer_warp:
             producer_args = (
                 tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank,
-                (ws_addr, total, runs, run),
+                (ws_addr, total, runs, run), stamps,
             )
             if cutlass.const_expr(self.realloc_registers):
                 cute.arch.setmaxregister_decrease(_PRODUCER_REGS)
@@ -429,6 +450,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 out_tma_ok=out_tma_ok,
                 red_bar=red_bar,
                 red_base=red_base,
+                stamps=stamps,
             )
             if cutlass.const_expr(self.sync_mma):
                 self.consume_sync(sB, x_pipe, sw_base, epi)
@@ -437,7 +459,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
 
     @cute.jit
     def produce(
-        self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank, fix_up
+        self, tma_atom, tma_x, sB, x_pipe, sw_base, w_addr, s_addr, k_chunks, nk, g_last, bid_m, rank, fix_up,
+        stamps,
     ):
         """Producer warp: per chunk of the run (high to low), the activation tile by TMA (with
         clusters: this CTA's half of it, multicast to both) and the weight chunks of every row tile
@@ -452,6 +475,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         )
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
         start = Int32(0)
+        self.stamp(stamps, 0, cute.arch.lane_idx() == 0)
         if cutlass.const_expr(self.pdl):
             # PDL: the weights do not depend on the kernel before us, so the first `stages`
             # chunks of them stream in before griddepcontrol.wait; x (and every later write:
@@ -472,6 +496,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 )
                 prod.advance()
             cute.arch.griddepcontrol_wait()
+            self.stamp(stamps, 1, cute.arch.lane_idx() == 0)
             first = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
             for i in cutlass.range(start, unroll=1):
                 g = g_last - i
@@ -488,6 +513,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             self.load_weights(bar, prod.index, g, sw_base, w_addr, s_addr, k_chunks, rank)
             x_pipe.producer_commit(prod)
             prod.advance()
+        self.stamp(stamps, 2, cute.arch.lane_idx() == 0)
         if cutlass.const_expr(self.prefetch):
             ws_addr, total, runs, run = fix_up
             g_begin = g_last - nk + 1
@@ -741,6 +767,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                 for a in accs:
                     a.fill(0.0)
             x_pipe.consumer_wait(read)
+            if cutlass.const_expr(self.probe == 13):
+                self.stamp(epi.stamps, 3, (i == 0) & (t == 0))
             if cutlass.const_expr(not self.skip_math):
                 self.read_chunk_words(wbuf, w_thr, s_thr, read.index * self.w_stage_bytes)
                 x_stage = read.index * self.x_stage_bytes
@@ -773,7 +801,16 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             if kc < 0:
                 kc = k_chunks - 1
         self.sum_into(acc, accs)
+        self.stamp(epi.stamps, 4, t == 0)
         self.finish(acc, epi)
+        self.stamp(epi.stamps, 6, t == 0)
+
+    @cute.jit
+    def stamp(self, stamps, slot: int, who):
+        """Dev probe 13: thread `who` stamps TIMELINE_STAMPS[slot] of this CTA (no code otherwise)."""
+        if cutlass.const_expr(self.probe == 13):
+            if who:
+                st_globaltimer(stamps + slot * 8)
 
     @cute.jit
     def sum_into(self, out, accs):

@@ -37,6 +37,7 @@ __all__ = [
     "mbar_init_expect_tx",
     "mbar_try_wait_cluster",
     "st_async_peer_v4_f32",
+    "st_globaltimer",
 ]
 
 
@@ -234,6 +235,19 @@ def bits_equal(value: Float32, bits: int, *, loc=None, ip=None) -> Int32:
 def trap(*, loc=None, ip=None) -> None:
     """Abort the kernel (the launch fails with an error instead of hanging)."""
     inline_ptx(None, [], "trap;", "", side_effects=True)
+
+
+@dsl_user_op
+def st_globaltimer(addr: Int64, *, loc=None, ip=None) -> None:
+    """(dev probe 13) Store the GPU's global nanosecond timer (%globaltimer: one clock for every SM,
+    so stamps of different CTAs compare) as a u64 at addr."""
+    inline_ptx(
+        None,
+        [Int64(addr).ir_value(loc=loc, ip=ip)],
+        "{\n.reg .u64 t;\nmov.u64 t, %globaltimer;\nst.global.u64 [$0], t;\n}\n",
+        "l",
+        side_effects=True,
+    )
 
 
 @dsl_user_op
