@@ -15,6 +15,7 @@ released at the end of the run / d chunks after parking), 30 / 30 + d = the same
 --timeline runs probe 13 instead (the full mma.sync kernel stamping %globaltimer per CTA, the
 last of a graph of launches like the timed ones) and prints when each CTA's phases ended, by role:
 closing runs (sum a tile's parked partials), runs parked whole (inside one tile) and the rest.
+--bias b,...: also the dev variant with uneven runs (each closing run widened by up to b chunks).
 Probes of one shape and config are replayed interleaved; --cublas adds torch.matmul (bf16) to them.
 --baselines also times, in the same harness, what no kernel can beat: a 1-element torch op (the
 graph's per-launch cost) and a device copy moving the weight bytes (read + write = 4.5-bit bytes).
@@ -35,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
-from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, stream_k_grid  # noqa: E402
+from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, run_cuts, stream_k_grid  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_graph_times_us  # noqa: E402
 
 PROBE_NAMES = [
@@ -45,7 +46,7 @@ PROBE_NAMES = [
 
 
 @functools.cache
-def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, accs: int = 2):
+def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, accs: int = 2, bias: int = 0):
     import cutlass.cute as cute
 
     from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
@@ -57,7 +58,7 @@ def compiled(cfg: GemmConfig, probe: int, sync_mma: bool | None = None, accs: in
         variant = {"prefetch": probe >= 30, "publish_after": probe % 10 or -1}
     kern = Sm90W4A16Kernel(
         cfg.bn, cfg.wgs, cfg.stages, cfg.per_step, bool(cfg.pdl), 0 if probe >= 20 else probe, sync_mma,
-        cfg.mt, cfg.cluster, sync_accumulators=accs, dsmem_split=cfg.dsmem_split, **variant,
+        cfg.mt, cfg.cluster, sync_accumulators=accs, dsmem_split=cfg.dsmem_split, closer_bias=bias, **variant,
     )
     return cute.compile(kern, *G._compile_args())
 
@@ -78,6 +79,7 @@ def main() -> None:
         "--dsmem", default="1", help="comma list of dsmem_split (1: stream-K; d: d-CTA clusters per row tile)"
     )
     p.add_argument("--timeline", action="store_true", help="per-CTA phase times (probe 13) instead of probes")
+    p.add_argument("--bias", default="0", help="comma list of closer_bias (0: even stream-K runs)")
     a = p.parse_args()
     for shape in a.shape.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -87,13 +89,15 @@ def main() -> None:
             cfg = GemmConfig.from_spec(spec)
             if a.timeline:
                 for m in (int(v) for v in a.m.split(",")):
-                    timeline(n, k, m, cfg)
+                    for bias in (int(v) for v in a.bias.split(",")):
+                        timeline(n, k, m, cfg, bias)
                 continue
             for mma in a.mma.split(","):
                 sync = {"auto": None, "wgmma": False, "sync": True}[mma]
                 for m in (int(v) for v in a.m.split(",")):
                     variants = [
-                        (int(p), int(acc), int(d))
+                        (int(p), int(acc), int(d), int(b))
+                        for b in a.bias.split(",")
                         for d in a.dsmem.split(",")
                         for acc in a.accs.split(",")
                         for p in a.probes.split(",")
@@ -162,27 +166,28 @@ def launcher(fn, grid: int, total: int, x, alpha, out_addr: int, ws, m: int, n: 
 
 
 def run(
-    n: int, k: int, m: int, cfg: GemmConfig, variants: list[tuple[int, int, int]], sync=None, cublas=False
+    n: int, k: int, m: int, cfg: GemmConfig, variants: list[tuple[int, ...]], sync=None, cublas=False
 ) -> None:
-    """Time (probe, accs, dsmem_split) variants of one config and shape, interleaved."""
+    """Time (probe, accs, dsmem_split, closer_bias) variants of one config and shape, interleaved."""
     copies, x, alpha, ws = operands(n, k, m, cfg)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     nbytes = n * k * 0.5625
     names, call_sets = [], []
-    for probe, accs, dsmem in variants:
+    for probe, accs, dsmem, bias in variants:
+        tag = f"accs={accs} ds={dsmem} b={bias}"
         try:
             # ctas_per_sm is a run-time value: one compile serves all
             kernel_cfg = dataclasses.replace(cfg, ctas_per_sm=1, dsmem_split=dsmem)
-            fn = compiled(kernel_cfg, probe, sync, accs)
+            fn = compiled(kernel_cfg, probe, sync, accs, bias)
             grid, total, _ = stream_k_grid(m, n, k, kernel_cfg if dsmem > 1 else cfg, 132)
         except ValueError as e:  # a combination the kernel does not build (e.g. probe 12 on wgmma)
-            print(f"skip {cfg.name} probe {probe} mma={sync} accs={accs} dsmem={dsmem}: {e}", flush=True)
+            print(f"skip {cfg.name} probe {probe} mma={sync} {tag}: {e}", flush=True)
             continue
 
         call = launcher(fn, grid, total, x, alpha, out.data_ptr(), ws, m, n, k)
         mma = {None: "auto", True: "sync", False: "wgmma"}[sync]
         label = PROBE_NAMES[probe] if probe < 20 else f"{'prefetch' if probe >= 30 else 'no pf'}+{probe % 10}"
-        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} accs={accs} ds={dsmem} grid={grid}")
+        names.append(f"probe {probe} ({label:9s}) {cfg.name} mma={mma} {tag} grid={grid}")
         call_sets.append([lambda cw=cw, cs=cs, call=call: call(cw, cs) for cw, cs in copies])
     if cublas:
         n_copies = copies_to_exceed_l2(n * k * 2)
@@ -194,7 +199,7 @@ def run(
         print(f"{name} N={n} K={k} M={m}: {us:7.2f} us  {nbytes / us / 1e6:6.2f} TB/s", flush=True)
 
 
-def timeline(n: int, k: int, m: int, cfg: GemmConfig) -> None:
+def timeline(n: int, k: int, m: int, cfg: GemmConfig, bias: int = 0) -> None:
     """Probe 13: replay a graph of launches (weights rotating past L2, as the timed probes), then
     read the last launch's %globaltimer stamps and print each phase's end across CTAs, by role."""
     from nvfp4_kit.kernels.gemm_sm90_kernel import TIMELINE_STAMPS
@@ -205,7 +210,7 @@ def timeline(n: int, k: int, m: int, cfg: GemmConfig) -> None:
     stamp_at = -(-m * n * 2 // 64) * 64  # bytes: the stamps follow the outputs (kernel.TIMELINE_STAMPS)
     buf = torch.zeros(stamp_at + grid * grid_y * 64, dtype=torch.uint8, device="cuda")
     call = launcher(
-        compiled(dataclasses.replace(cfg, ctas_per_sm=1), 13),
+        compiled(dataclasses.replace(cfg, ctas_per_sm=1), 13, bias=bias),
         grid,
         total,
         x,
@@ -222,8 +227,9 @@ def timeline(n: int, k: int, m: int, cfg: GemmConfig) -> None:
     t = (stamps - stamps[:, 0].min()).double() / 1000.0  # us since the first CTA started
     kc = -(-k // 128)
     role = []
+    cuts = run_cuts(grid, total, kc, bias)
     for run in range(grid):  # (token tile 0's runs; the other token tiles repeat them)
-        g0, g1 = run * total // grid, (run + 1) * total // grid
+        g0, g1 = cuts[run], cuts[run + 1]
         t0 = g0 // kc * kc
         if t0 < g0 and t0 + kc <= g1:
             role.append("closing")
@@ -233,8 +239,8 @@ def timeline(n: int, k: int, m: int, cfg: GemmConfig) -> None:
             role.append("other")
     role = role * grid_y
     print(
-        f"timeline {cfg.name} N={n} K={k} M={m}: grid {grid} x {grid_y}, {total / grid:.2f} chunks per run; "
-        f"us since the first CTA's start, min / median / max over the CTAs of a role"
+        f"timeline {cfg.name} bias {bias} N={n} K={k} M={m}: grid {grid} x {grid_y}, {total / grid:.2f} "
+        "chunks per run; us since the first CTA's start, min / median / max over the CTAs of a role"
     )
     for r in ("closing", "parked whole", "other"):
         rows = torch.tensor([i for i, x_ in enumerate(role) if x_ == r], dtype=torch.long)

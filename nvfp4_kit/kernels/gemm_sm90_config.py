@@ -35,6 +35,7 @@ __all__ = [
     "heuristic_config",
     "stream_k_grid",
     "dsmem_split_grid",
+    "run_cuts",
     "fits",
     "SLOT_EMPTY_BITS",
     "PIECE_FULL",
@@ -287,6 +288,28 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
         return units // per_run * cfg.cluster, total, n_tiles  # whole tiles: no stream-K fix-up
     g = min(total, max(1, wave // m_tiles))  # grid <= one wave
     return g * cfg.cluster, total, n_tiles
+
+
+def run_cuts(runs: int, total: int, k_chunks: int, closer_bias: int = 0) -> list[int]:
+    """Chunk boundaries of the stream-K runs (run r holds [cuts[r], cuts[r+1])): the even cut
+    r * total // runs, or (dev variant, gemm_sm90_kernel closer_bias b > 0) each closing run (one
+    that ends a row tile begun by an earlier run) widened by up to b chunks at either end, taken from
+    a neighbour that does not close: the closer's peers then finish before it, so their partials are
+    there when it looks (b is capped below half the shortest even run, so no run empties). The
+    kernel computes the same cuts (Sm90W4A16Kernel._cut)."""
+    even = [r * total // runs for r in range(runs + 1)]
+
+    def closes(r: int) -> bool:
+        g0, g1 = even[r], even[r + 1]
+        return g0 % k_chunks != 0 and (g0 // k_chunks + 1) * k_chunks <= g1
+
+    b = min(closer_bias, (total // runs - 1) // 2)
+    cuts = list(even)
+    if b > 0:
+        for r in range(1, runs):
+            below, here = closes(r - 1), closes(r)
+            cuts[r] += b if below and not here else -b if here and not below else 0
+    return cuts
 
 
 def dsmem_split_grid(n: int, k: int, cfg: GemmConfig) -> tuple[int, int, int]:

@@ -115,10 +115,10 @@ class EpilogueArgs(NamedTuple):
 
 class StreamKEpilogue:
     """Needs self.bn, self.bm, self.mt, self.row_tiles, self.cluster, self.dsmem_split,
-    self.x_stage_bytes, self.hoist_alpha, self.skip_epilogue, self.staged_store, self.probe,
-    self.publish_after and release_stage() (set by the kernel class). Each call handles one 64-row
-    block's accumulator (fetch_partials and finish_prefetched: all of them); epi.wg is that block's
-    row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
+    self.closer_bias, self.x_stage_bytes, self.hoist_alpha, self.skip_epilogue, self.staged_store,
+    self.probe, self.publish_after, release_stage() and stamp() (set by the kernel class). Each call
+    handles one 64-row block's accumulator (fetch_partials and finish_prefetched: all of them); epi.wg
+    is that block's row tile within the CTA. `tile` arguments are units (row tiles, or pairs of them)."""
 
     @cute.jit
     def _slot_base(self, c, epi):
@@ -219,7 +219,7 @@ class StreamKEpilogue:
                 if cutlass.const_expr(self.dsmem_split > 1):
                     self.gather_partials(acc, epi)
                 else:
-                    self.reduce(acc, self._first_run(t0, e.total, e.runs), epi)
+                    self.reduce(acc, self._first_run(t0, e.total, e.runs, e.k_chunks), epi)
             if cutlass.const_expr(self.probe == 13):
                 self.stamp(e.stamps, 5, e.t == 0)
             self.store(acc, tile, epi, stage)
@@ -233,9 +233,38 @@ class StreamKEpilogue:
         return (t0 < g_begin) & (t0 + k_chunks <= g_begin + nk), tile, t0
 
     @cute.jit
-    def _first_run(self, t0, total, runs):
+    def _first_run(self, t0, total, runs, k_chunks):
         """The run whose chunks include t0 (a tile's chunk 0: the run holding the tile's first piece)."""
-        return ((t0 + 1) * runs - 1) // total
+        r = ((t0 + 1) * runs - 1) // total  # (of the even cut)
+        if cutlass.const_expr(self.closer_bias > 0):  # cuts move by less than half a run: one step
+            if self._cut(r, total, runs, k_chunks) > t0:
+                r = r - 1
+            elif self._cut(r + 1, total, runs, k_chunks) <= t0:
+                r = r + 1
+        return r
+
+    @cute.jit
+    def _cut(self, r, total, runs, k_chunks):
+        """First chunk of run r (r = runs: total): gemm_sm90_config.run_cuts, the even cut or, with
+        closer_bias, each closing run widened by up to closer_bias chunks."""
+        cut = r * total // runs
+        if cutlass.const_expr(self.closer_bias > 0):
+            b = cutlass.min(Int32(self.closer_bias), (total // runs - 1) // 2)
+            if (r > 0) & (r < runs):
+                below = self._closes_even(r - 1, total, runs, k_chunks)
+                here = self._closes_even(r, total, runs, k_chunks)
+                if (below != 0) & (here == 0):
+                    cut = cut + b
+                if (here != 0) & (below == 0):
+                    cut = cut - b
+        return cut
+
+    @cute.jit
+    def _closes_even(self, r, total, runs, k_chunks):
+        """1 if run r of the even cut closes a row tile (begins inside one that ends within it)."""
+        g0 = r * total // runs
+        g1 = (r + 1) * total // runs
+        return Int32((g0 % k_chunks != 0) & ((g0 // k_chunks + 1) * k_chunks <= g1))
 
     @cute.jit
     def _take_flag(self, flag):
@@ -262,7 +291,7 @@ class StreamKEpilogue:
         bulk copies are issued."""
         closes, _tile, t0 = self._closed_tile(g_begin, nk, k_chunks)
         if closes & (nk > 0):
-            c_first = self._first_run(t0, total, runs)
+            c_first = self._first_run(t0, total, runs, k_chunks)
             lane = cute.arch.lane_idx()
             block_bytes = self.x_stage_bytes
             for c in cutlass.range(c_first, run, unroll=1):
@@ -295,7 +324,7 @@ class StreamKEpilogue:
         e = epi
         closes, tile, t0 = self._closed_tile(e.g_begin, e.nk, e.k_chunks)
         if closes:
-            c_first = self._first_run(t0, e.total, e.runs)
+            c_first = self._first_run(t0, e.total, e.runs, e.k_chunks)
             nv = cute.size(accs[0])
             for _c in cutlass.range(c_first, e.run, unroll=1):
                 for b in cutlass.range_constexpr(self.row_tiles):

@@ -101,6 +101,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         self, bn: int, wgs: int, stages: int, per_step: int = 2, pdl: bool = True, probe: int = 0,
         sync_mma: bool | None = None, mt: int = 1, cluster: int = 1, prefetch: bool | None = None,
         publish_after: int | None = None, sync_accumulators: int = _SYNC_ACCUMULATORS, dsmem_split: int = 1,
+        closer_bias: int = 0,
     ):
         self.bn, self.wgs, self.stages, self.mt, self.cluster = bn, wgs, stages, mt, cluster
         # sync_mma: warp-level mma.sync m16n8k16 instead of wgmma (default for bn 8; at bn 16 it
@@ -125,6 +126,11 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if not 1 <= dsmem_split <= 8:
             raise ValueError(f"dsmem_split={dsmem_split}: 1..8 (portable cluster size)")
         self.dsmem_split = dsmem_split
+        # (dev variant) closer_bias b > 0: uneven stream-K runs, each closing run widened by up to b
+        # chunks (gemm_sm90_config.run_cuts), so the runs whose partials it sums end before it does
+        if closer_bias and (bn > 32 or cluster != 1 or dsmem_split != 1):
+            raise ValueError(f"closer_bias={closer_bias}: decode tiles (bn <= 32), no cluster, no dsmem")
+        self.closer_bias = closer_bias
         # probe (benchmarks/dev_gemm_probe.py only; results are wrong): 1 = no wgmma,
         # 2 = no dequant and no wgmma (pure data movement through the pipeline), 3 = 2 without
         # the stream-K fix-up and stores, 4 = nothing but launch, pipeline init and exit,
@@ -367,8 +373,8 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             runs = grid_x // self.cluster
         else:
             run, rank, runs = bid_x, Int32(0), grid_x
-        g_begin = run * total // runs
-        nk = (run + 1) * total // runs - g_begin
+        g_begin = self._cut(run, total, runs, k_chunks)
+        nk = self._cut(run + 1, total, runs, k_chunks) - g_begin
         stamps = Int64(0)
         if cutlass.const_expr(self.probe == 13):
             stamps = (Int64(m) * Int64(n) * 2 + 63) // 64 * 64 + Int64(out_addr)

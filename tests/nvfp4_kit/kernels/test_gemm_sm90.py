@@ -11,6 +11,7 @@ from nvfp4_kit.kernels.gemm_sm90_config import (
     EXPERIMENTAL_SHAPES,
     GemmConfig,
     fits,
+    run_cuts,
     stream_k_grid,
 )
 
@@ -110,6 +111,29 @@ def test_stream_k_grid_covers_work_once(m, n, k):
         else:
             assert grid * m_tiles <= max(132 * cfg.ctas_per_sm, m_tiles * cfg.cluster)  # <= 1 wave
     assert G.candidate_configs(m, n, k)[0] == G.heuristic_config(m, n, k)
+
+
+@pytest.mark.parametrize("runs,total,k_chunks", [(264, 2048, 32), (264, 3072, 32), (264, 7168, 112), (37, 300, 3)])
+@pytest.mark.parametrize("bias", [1, 2, 3])
+def test_closer_bias_cuts(runs, total, k_chunks, bias):
+    """The dev variant's uneven runs (what the kernel's _cut computes): still a partition of
+    [0, total) with no empty run, each cut at most `bias` from the even one; a run widened only where
+    it closes a row tile, and the owner of a tile's first chunk found one step from the even guess
+    (the kernel's _first_run)."""
+    even = run_cuts(runs, total, k_chunks)
+    assert even == [r * total // runs for r in range(runs + 1)]
+    cuts = run_cuts(runs, total, k_chunks, bias)
+    assert cuts[0] == 0 and cuts[-1] == total and all(a < b for a, b in zip(cuts, cuts[1:], strict=False))
+    assert max(abs(c - e) for c, e in zip(cuts, even, strict=True)) == min(bias, (total // runs - 1) // 2)
+    for r in range(runs):
+        g0, g1 = even[r], even[r + 1]
+        closes = g0 % k_chunks != 0 and (g0 // k_chunks + 1) * k_chunks <= g1
+        if cuts[r + 1] - cuts[r] > g1 - g0:
+            assert closes
+    for t0 in range(0, total, k_chunks):
+        guess = ((t0 + 1) * runs - 1) // total
+        owner = next(r for r in range(runs) if cuts[r] <= t0 < cuts[r + 1])
+        assert abs(owner - guess) <= 1
 
 
 def test_whole_tile_runs_where_they_cost_little_more():
@@ -558,6 +582,19 @@ def test_gpu_mma_sync_wide_tiles_match_reference(m, n, k, bn, stages, ctas):
 
     cfg = GemmConfig(bn, 1, stages, ctas, per_step=2)
     kernel = Sm90W4A16Kernel(bn, 1, stages, cfg.per_step, True, sync_mma=True)
+    _assert_variant_matches_reference(kernel, cfg, m, n, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bias", [1, 2])
+@pytest.mark.parametrize("m,n,k,bn", [(1, 4096, 4096, 8), (5, 6144, 4096, 8), (13, 4096, 14336, 16), (7, 200, 272, 8)])
+def test_gpu_closer_bias_matches_reference(m, n, k, bn, bias):
+    """Dev variant: uneven stream-K runs (closing runs widened by `bias` chunks) sum every piece
+    once: close to the reference, the workspace at rest."""
+    from nvfp4_kit.kernels.gemm_sm90_kernel import Sm90W4A16Kernel
+
+    cfg = GemmConfig(bn, 1, 8 if bn == 8 else 7, 2, per_step=2)
+    kernel = Sm90W4A16Kernel(bn, 1, cfg.stages, cfg.per_step, True, closer_bias=bias)
     _assert_variant_matches_reference(kernel, cfg, m, n, k)
 
 
