@@ -81,7 +81,7 @@ TIMELINE_STAMPS = (
     "last issue",  # the producer has issued its run's last chunk
     "first data",  # consumer warp 0: the run's first stage has landed
     "main loop end",  # every chunk multiplied, parked pieces stored
-    "fix-up done",  # the closing piece's peers' partials summed (= main loop end if none)
+    "fix-up done",  # closing runs only: the tile's parked partials summed
     "stored",  # the closing piece's outputs issued
 )
 
