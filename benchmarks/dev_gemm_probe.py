@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvfp4_kit.kernels import gemm_sm90 as G  # noqa: E402
-from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, run_cuts, stream_k_grid  # noqa: E402
+from nvfp4_kit.kernels.gemm_sm90_config import GemmConfig, closes_tile, run_cuts, stream_k_grid  # noqa: E402
 from nvfp4_kit.timing import copies_to_exceed_l2, graph_time_us, interleaved_graph_times_us  # noqa: E402
 
 PROBE_NAMES = [
@@ -230,8 +230,7 @@ def timeline(n: int, k: int, m: int, cfg: GemmConfig, bias: int = 0) -> None:
     cuts = run_cuts(grid, total, kc, bias)
     for run in range(grid):  # (token tile 0's runs; the other token tiles repeat them)
         g0, g1 = cuts[run], cuts[run + 1]
-        t0 = g0 // kc * kc
-        if t0 < g0 and t0 + kc <= g1:
+        if closes_tile(g0, g1, kc):
             role.append("closing")
         elif (g1 - 1) // kc == g0 // kc and g1 % kc:
             role.append("parked whole")

@@ -36,6 +36,7 @@ __all__ = [
     "stream_k_grid",
     "dsmem_split_grid",
     "run_cuts",
+    "closes_tile",
     "fits",
     "SLOT_EMPTY_BITS",
     "PIECE_FULL",
@@ -290,6 +291,13 @@ def stream_k_grid(m: int, n: int, k: int, cfg: GemmConfig, sms: int = NUM_SMS_H1
     return g * cfg.cluster, total, n_tiles
 
 
+def closes_tile(g_begin: int, g_end: int, k_chunks: int) -> bool:
+    """Whether the run [g_begin, g_end) closes a row tile: begins inside one that ends within it
+    (host side of the epilogue's _closed_tile)."""
+    t0 = g_begin // k_chunks * k_chunks
+    return t0 < g_begin and t0 + k_chunks <= g_end
+
+
 def run_cuts(runs: int, total: int, k_chunks: int, closer_bias: int = 0) -> list[int]:
     """Chunk boundaries of the stream-K runs (run r holds [cuts[r], cuts[r+1])): the even cut
     r * total // runs, or (dev variant, gemm_sm90_kernel closer_bias b > 0) each closing run (one
@@ -298,16 +306,11 @@ def run_cuts(runs: int, total: int, k_chunks: int, closer_bias: int = 0) -> list
     there when it looks (b is capped below half the shortest even run, so no run empties). The
     kernel computes the same cuts (Sm90W4A16Kernel._cut)."""
     even = [r * total // runs for r in range(runs + 1)]
-
-    def closes(r: int) -> bool:
-        g0, g1 = even[r], even[r + 1]
-        return g0 % k_chunks != 0 and (g0 // k_chunks + 1) * k_chunks <= g1
-
     b = min(closer_bias, (total // runs - 1) // 2)
     cuts = list(even)
     if b > 0:
         for r in range(1, runs):
-            below, here = closes(r - 1), closes(r)
+            below, here = (closes_tile(even[q], even[q + 1], k_chunks) for q in (r - 1, r))
             cuts[r] += b if below and not here else -b if here and not below else 0
     return cuts
 

@@ -261,10 +261,10 @@ class StreamKEpilogue:
 
     @cute.jit
     def _closes_even(self, r, total, runs, k_chunks):
-        """1 if run r of the even cut closes a row tile (begins inside one that ends within it)."""
+        """1 if run r of the even cut closes a row tile (_closed_tile of its chunks)."""
         g0 = r * total // runs
-        g1 = (r + 1) * total // runs
-        return Int32((g0 % k_chunks != 0) & ((g0 // k_chunks + 1) * k_chunks <= g1))
+        closes, _tile, _t0 = self._closed_tile(g0, (r + 1) * total // runs - g0, k_chunks)
+        return Int32(closes)
 
     @cute.jit
     def _take_flag(self, flag):

@@ -663,9 +663,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                         self.flush_blocks(accs, g, epis, release.index)
                     if i == publish_at:
                         self.publish_blocks(epis)
-                    kc = kc - 1
-                    if kc < 0:
-                        kc = k_chunks - 1
+                    kc = self._prev_chunk(kc, k_chunks)
             warpgroup.wait_group(0)
             if nk > n_main:  # odd tail chunk: nothing in flight around its branches
                 g = g_last - n_main
@@ -691,9 +689,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
                     self.flush_blocks(accs, g, epis, release.index)
                 if i == publish_at:
                     self.publish_blocks(epis)
-                kc = kc - 1
-                if kc < 0:
-                    kc = k_chunks - 1
+                kc = self._prev_chunk(kc, k_chunks)
         warpgroup.wait_group(0)
         if publish_at >= n_looped:  # every run publishes its parked piece before any closing waits
             self.publish_blocks(epis)
@@ -803,9 +799,7 @@ class Sm90W4A16Kernel(StreamKEpilogue):
             if (kc == 0) | (i == nk - 1):  # a piece ends: store or park it
                 self.sum_into(acc, accs)
                 self.flush(acc, g, epi)
-            kc = kc - 1
-            if kc < 0:
-                kc = k_chunks - 1
+            kc = self._prev_chunk(kc, k_chunks)
         self.sum_into(acc, accs)
         self.stamp(epi.stamps, 4, t == 0)
         self.finish(acc, epi)
@@ -817,6 +811,14 @@ class Sm90W4A16Kernel(StreamKEpilogue):
         if cutlass.const_expr(self.probe == 13):
             if who:
                 st_globaltimer(stamps + slot * 8)
+
+    @cute.jit
+    def _prev_chunk(self, kc, k_chunks):
+        """The K chunk after kc in a run's order (high to low, wrapping into the next row tile's last)."""
+        kc = kc - 1
+        if kc < 0:
+            kc = k_chunks - 1
+        return kc
 
     @cute.jit
     def sum_into(self, out, accs):

@@ -134,6 +134,11 @@ _REG_ELEMS = (((0, 0), (0, 1)), ((8, 0), (8, 1)), ((0, 8), (0, 9)), ((8, 8), (8,
 _REG_BITS = ((2, 3, 4, 11), (28, 29, 30, 5), (6, 7, 8, 15), (0, 1, 26, 9))
 
 
+def _word_bits(j: int, half: int) -> list[int]:
+    """Word bits of register j's element `half` (0 lo, 1 hi): magnitude bits 0..2, then the sign."""
+    return [(b + 16 * half) % 32 for b in _REG_BITS[j]]
+
+
 def _check_inputs(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[int, int]:
     if w_packed.dim() != 2 or w_packed.dtype != torch.uint8:
         raise ValueError(
@@ -182,7 +187,7 @@ def prepare_weight(w_packed: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch
         for half, (dr, dc) in enumerate(((dr0, dc0), (dr1, dc1))):
             e = qv[g + dr, 2 * c + dc]  # (128, nt, kc, steps)
             e = e.permute(1, 2, 3, 0).to(torch.int64)  # (nt, kc, steps, 128)
-            bits = [(b + 16 * half) % 32 for b in _REG_BITS[j]]
+            bits = _word_bits(j, half)
             for b in range(4):  # magnitude bits 0..2, then the sign
                 words |= ((e >> b) & 1) << bits[b]
     words = words.view(nt, kc, 2, 4, 128).permute(0, 1, 2, 4, 3)  # (nt, kc, slot, t, word)
@@ -206,7 +211,7 @@ def _unshuffle_codes(w: torch.Tensor, nt: int, kc: int) -> torch.Tensor:
     q = torch.zeros(ROW_TILE, 16, nt, kc, STEPS, dtype=torch.int64, device=w.device)
     for j, elems in enumerate(_REG_ELEMS):
         for half, (dr, dc) in enumerate(elems):
-            bits = [(b + 16 * half) % 32 for b in _REG_BITS[j]]
+            bits = _word_bits(j, half)
             e = torch.zeros_like(words)
             for b in range(4):
                 e |= ((words >> bits[b]) & 1) << b
