@@ -182,7 +182,12 @@ def gemm_w4a4(
 
 def quantize_weight(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """A bf16/fp32 weight (N, K) -> ModelOpt NVFP4 tensors: weight, weight_scale, weight_scale_2."""
-    amax = w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)
+    amax = w.float().abs().amax()
+    # 2688 / amax overflows fp32 below amax ~7.9e-36: the global scale would be inf and every block
+    # scale inf * 0 = NaN. An all-zero weight gets global scale 1 (weight_scale_2 = 1, as a checkpoint
+    # would hold), a tinier one the largest finite global scale.
+    smallest = E4M3_MAX * E2M1_MAX / torch.finfo(torch.float32).max
+    amax = torch.where(amax == 0, E4M3_MAX * E2M1_MAX, amax.clamp(min=smallest))
     global_scale = global_scale_from_amax(amax)
     packed, sf = quantize(w, global_scale)
     return {"weight": packed, "weight_scale": sf, "weight_scale_2": (1.0 / global_scale).reshape(())}
