@@ -21,14 +21,13 @@ import fcntl
 import functools
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__, env
+from .atomic_file import write_atomic
 from .backends import CAPABILITIES, Fp4GemmBackend
 
 __all__ = [
@@ -114,8 +113,11 @@ class TuningTable:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             return cls(family)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
             log.warning("ignoring unreadable tuning table %s: %s", path, exc)
+            return cls(family)
+        if not isinstance(data, dict) or not isinstance(data.get("entries", []), list):
+            log.warning("ignoring tuning table %s: not a JSON object with an 'entries' list", path)
             return cls(family)
         if data.get("arch") != family:
             log.warning("ignoring tuning table %s: arch %r, expected %r", path, data.get("arch"), family)
@@ -126,7 +128,16 @@ class TuningTable:
         if check_versions and data.get("kit_version") not in (None, __version__):
             log.info("tuning table %s is for nvfp4-kit %s; using heuristics", path, data.get("kit_version"))
             return cls(family)
-        return cls(family, {cls._key(e): e for e in data.get("entries", [])})
+        entries = {}
+        for i, e in enumerate(data.get("entries", [])):
+            try:
+                if not isinstance(e.get("config", {}), dict):
+                    raise TypeError("config is not an object")
+                entries[cls._key(e)] = e
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("tuning table %s: skipping entries[%d] (%s: %s)", path, i,
+                            type(exc).__name__, exc)
+        return cls(family, entries)
 
     def to_json(self) -> dict:
         return {
@@ -144,11 +155,7 @@ class TuningTable:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = TuningTable.load(path, self.family)
             merged.entries.update(self.entries)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            os.fchmod(fd, 0o644)  # mkstemp makes 0600: tables tuned as root must serve other users
-            with os.fdopen(fd, "w") as f:
-                json.dump(merged.to_json(), f, indent=1)
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(merged.to_json(), indent=1).encode())
 
     def lookup(self, key: LayerKey, bucket: int) -> dict | None:
         return self.entries.get((key.n, key.k, key.dtype, key.mode, bucket))
@@ -214,15 +221,23 @@ _memo: dict[tuple[LayerKey, Fp4GemmBackend, int], Choice] = {}
 _layers: dict[tuple[LayerKey, Fp4GemmBackend], list[str]] = {}
 
 
-def _kernel_config(key: LayerKey, m: int, entry: dict | None):
-    """(config dict, config object) for our SM90 kernels: the table's, else the kernel's heuristic."""
+def _table_config(key: LayerKey, bucket: int, entry: dict | None, table: str):
+    """The kernel config object of a table entry, or None (logged) when there is none or our kernel
+    cannot run it for this layer: a hand-edited or foreign table falls back to the heuristic
+    instead of failing the GEMM."""
+    if entry is None:
+        return None
     from .kernels import gemm_sm90  # lazy: needs nvidia-cutlass-dsl
 
-    if entry is not None:
+    try:
         cfg = gemm_sm90.GemmConfig.from_dict(entry["config"])
-        return entry["config"], cfg
-    cfg = gemm_sm90.heuristic_config(m, key.n, key.k)
-    return cfg.to_dict(), cfg
+        if not gemm_sm90.fits(cfg, key.n, key.k):
+            raise ValueError(f"config {cfg.name} does not tile N={key.n} K={key.k}")
+        return cfg
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("ignoring the %s entry for N=%d K=%d M<=%d (%s: %s)", table, key.n, key.k, bucket,
+                    type(exc).__name__, exc)
+        return None
 
 
 def _shares_weight_prep(backend: Fp4GemmBackend, n: int) -> bool:
@@ -246,22 +261,31 @@ def choose(key: LayerKey, backend: Fp4GemmBackend, m: int) -> Choice:
         # W4A4 on SM90 runs the same W4A16 kernel on quantize-dequantized activations: one table
         gemm_key = dataclasses.replace(key, mode="w4a16")
         user, default = _tables(key.family)
-        entry, source = user.lookup(gemm_key, bucket), "tuned"
-        if entry is None:
-            entry, source = default.lookup(gemm_key, bucket), "default table"
-        config, obj = _kernel_config(key, bucket, entry)
-        if entry is None:
-            source, why = "heuristic", "no tuning entry for this shape/bucket"
+        for table, source in ((user, "tuned"), (default, "default table")):
+            entry = table.lookup(gemm_key, bucket)
+            obj = _table_config(gemm_key, bucket, entry, source)
+            if obj is not None:
+                config = entry["config"]
+                why = f"measured {entry.get('us', '?')} us at M={bucket}" + (
+                    f"; {entry['note']}" if entry.get("note") else ""
+                )
+                break
         else:
-            why = f"measured {entry.get('us', '?')} us at M={bucket}" + (
-                f"; {entry['note']}" if entry.get("note") else ""
-            )
+            from .kernels import gemm_sm90
+
+            obj = gemm_sm90.heuristic_config(bucket, key.n, key.k)
+            config, source, why = obj.to_dict(), "heuristic", "no usable tuning entry for this shape/bucket"
         choice = Choice(backend, config, source, why, obj)
     elif backend is Fp4GemmBackend.FLASHINFER_TRTLLM:
         choice = Choice(backend, None, "only choice", "weights were shuffled for trtllm at load")
     else:  # FlashInfer cute-dsl / cutlass / cudnn share one weight preparation: pick per M
         entry = _tables(key.family)[0].lookup(key, bucket)
-        picked = Fp4GemmBackend.parse(entry["backend"]) if entry is not None else None
+        try:
+            picked = Fp4GemmBackend.parse(entry["backend"]) if entry is not None else None
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring the tuned entry for N=%d K=%d M<=%d (%s: %s)", key.n, key.k, bucket,
+                        type(exc).__name__, exc)
+            picked = None
         if picked is not None and not _shares_weight_prep(picked, key.n):
             log.warning("ignoring tuned backend %s for N=%d K=%d: the weights were prepared for %s",
                         picked.value, key.n, key.k, backend.value)

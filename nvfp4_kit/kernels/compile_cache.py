@@ -36,11 +36,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +47,7 @@ from typing import Any
 
 from .. import __version__ as _kit_version
 from .. import env
+from ..atomic_file import write_atomic
 from ..device import is_capturing
 
 __all__ = [
@@ -71,15 +70,6 @@ _stats = {"memory_hits": 0, "disk_loads": 0, "compiles": 0, "disk_writes": 0, "b
 _dir_override: Path | None = None
 _arch_override: str | None = None
 _GENERIC_X86_HOST = "--host-target 'llvm -mtriple=x86_64-unknown-linux-gnu -mcpu=x86-64'"
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def kernels_dir() -> Path:
@@ -186,24 +176,6 @@ def _with_host_target(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
     return compile_kwargs
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; a cache built at image build (root) must be readable when serving
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _load(path: Path, prefix: str) -> Callable[..., Any] | None:
     from cutlass.runtime import load_module
 
@@ -225,9 +197,9 @@ def _load(path: Path, prefix: str) -> Callable[..., Any] | None:
 def _store(path: Path, prefix: str, fn: Any, identity: Mapping[str, object]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, fn.dump_to_object(prefix))
+        write_atomic(path, fn.dump_to_object(prefix))
         meta = {**identity, "prefix": prefix}
-        _atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
         _stats["disk_writes"] += 1
     except Exception as exc:  # read-only FS, full disk, cross-arch export...: stay in memory
         log.warning("compile-cache: could not write %s (%s); kept in memory only", path, exc)

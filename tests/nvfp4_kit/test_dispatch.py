@@ -41,6 +41,7 @@ def fake_kernel(monkeypatch):
     mod = types.ModuleType("nvfp4_kit.kernels.gemm_sm90")
     mod.GemmConfig = _FakeConfig
     mod.heuristic_config = lambda m, n, k: _FakeConfig(f"heur-m{m}")
+    mod.fits = lambda cfg, n, k: not cfg.name.startswith("misfit")
     import nvfp4_kit.kernels as kernels
 
     monkeypatch.setitem(sys.modules, "nvfp4_kit.kernels.gemm_sm90", mod)
@@ -95,6 +96,72 @@ def test_unreadable_table_is_ignored(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
     assert dispatch.TuningTable.load(path, "sm90").entries == {}
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"null", b"[]", b'{"arch": "sm90", "entries": null}'])
+def test_table_that_is_not_a_table_is_ignored(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    assert dispatch.TuningTable.load(path, "sm90", check_versions=False).entries == {}
+
+
+def test_bad_entries_are_skipped_and_good_ones_kept(tmp_path, caplog):
+    path = tmp_path / "t.json"
+    missing_k = {k: v for k, v in _entry(2, "x").items() if k != "k"}
+    path.write_text(json.dumps({"arch": "sm90", "entries": [
+        _entry(1, "good"), missing_k, None, {**_entry(4, "y"), "m_bucket": "four"}, {**_entry(8, "z"), "config": 3},
+    ]}))
+    loaded = dispatch.TuningTable.load(path, "sm90", check_versions=False)
+    assert [e["config"]["name"] for e in loaded.entries.values()] == ["good"]
+    assert caplog.text.count("skipping entries[") == 4
+
+
+def test_save_over_a_corrupt_table_replaces_it(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\xff not json")
+    dispatch.TuningTable("sm90", {(6144, 4096, "bfloat16", "w4a16", 1): _entry(1, "a")}).save(path)
+    assert [e["config"]["name"] for e in dispatch.TuningTable.load(path, "sm90").entries.values()] == ["a"]
+
+
+def test_failed_save_leaves_the_table_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    dispatch.TuningTable("sm90", {(6144, 4096, "bfloat16", "w4a16", 1): _entry(1, "a")}).save(path)
+    before = path.read_bytes()
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        dispatch.TuningTable("sm90", {(6144, 4096, "bfloat16", "w4a16", 2): _entry(2, "b")}).save(path)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+def test_entry_our_kernel_cannot_run_falls_back(fake_kernel, tmp_path, monkeypatch, caplog):
+    default = tmp_path / "default.json"
+    default.write_text(json.dumps({"arch": "sm90", "cutlass_dsl": dispatch.cutlass_dsl_version(),
+                                   "entries": [_entry(1, "default-1"), _entry(2, "misfit-2")]}))
+    monkeypatch.setitem(dispatch._DEFAULT_TABLES, "sm90", default)
+    user = dispatch.TuningTable("sm90", {})
+    user.entries[(6144, 4096, "bfloat16", "w4a16", 1)] = _entry(1, "misfit-1")
+    user.entries[(6144, 4096, "bfloat16", "w4a16", 4)] = {**_entry(4, "x"), "config": {"nope": 1}}
+    user.save(dispatch.user_table_path("sm90"))
+    c1, c2, c4 = (dispatch.choose(KEY, Fp4GemmBackend.NVFP4_KIT, m) for m in (1, 2, 4))
+    assert (c1.source, c1.kernel_config.name) == ("default table", "default-1")
+    assert (c2.source, c2.kernel_config.name) == ("heuristic", "heur-m2")
+    assert (c4.source, c4.kernel_config.name) == ("heuristic", "heur-m4")
+    assert "misfit-1" in caplog.text and "misfit-2" in caplog.text and "KeyError" in caplog.text
+
+
+def test_sm100_entry_with_an_unknown_backend_is_ignored(caplog):
+    t = dispatch.TuningTable("sm100", {})
+    t.entries[(4096, 4096, "bfloat16", "w4a4", 1)] = {"n": 4096, "k": 4096, "dtype": "bfloat16",
+                                                      "mode": "w4a4", "m_bucket": 1, "backend": "warp9"}
+    t.save(dispatch.user_table_path("sm100"))
+    dispatch.reset()
+    key = dispatch.LayerKey("sm100", 4096, 4096, "bfloat16", "w4a4")
+    c = dispatch.choose(key, Fp4GemmBackend.FLASHINFER_CUTEDSL, 1)
+    assert (c.backend, c.source) == (Fp4GemmBackend.FLASHINFER_CUTEDSL, "heuristic") and "warp9" in caplog.text
 
 
 def test_describe_groups_buckets_and_says_why(fake_kernel):
