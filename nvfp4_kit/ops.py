@@ -357,6 +357,10 @@ def linear(x: torch.Tensor, pw: PreparedWeight, out: torch.Tensor | None = None)
     x2 = x.reshape(-1, pw.k)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
+    if out is not None and (not isinstance(out, torch.Tensor) or out.shape != (*lead, pw.n)):
+        # a view of any other shape with M*N elements would take the rows in the wrong layout
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"out: shape {got}, expected {(*lead, pw.n)}")
     out2 = None if out is None else out.view(-1, pw.n)
     backend = pw.backend.value
     x_scale = None

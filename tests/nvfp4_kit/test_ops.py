@@ -44,6 +44,9 @@ def test_linear_w4a16_equals_reference_with_leading_dims(weight):
     assert y.shape == (2, 3, N) and torch.equal(y.reshape(6, N), ref)
     out = torch.empty(2, 3, N, dtype=torch.bfloat16)
     assert ops.linear(x, pw, out=out) is out and torch.equal(out, y)
+    for shape in ((6, N), (2, 3 * N), (6 * N,), (3, 2, N)):  # M*N elements, not x's leading dims
+        with pytest.raises(ValueError, match=r"out: shape"):
+            ops.linear(x, pw, out=torch.empty(shape, dtype=torch.bfloat16))
 
 
 def test_linear_w4a4_equals_the_w4a4_reference(weight):
