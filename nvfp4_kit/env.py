@@ -69,9 +69,18 @@ def disable_disk_cache() -> bool:
     return _flag("NVFP4_KIT_DISABLE_DISK_CACHE")
 
 
-def log_level() -> str:
-    """NVFP4_KIT_LOG_LEVEL: level of the "nvfp4_kit" logger (default INFO)."""
-    return _get("NVFP4_KIT_LOG_LEVEL", "INFO").upper()
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET")
+
+
+def log_level() -> int | str:
+    """NVFP4_KIT_LOG_LEVEL: level of the "nvfp4_kit" logger (default INFO): a level name or number."""
+    value = _get("NVFP4_KIT_LOG_LEVEL", "INFO").strip().upper()
+    if value.isdigit():
+        return int(value)
+    if value not in _LOG_LEVELS:
+        raw = os.environ["NVFP4_KIT_LOG_LEVEL"]
+        raise ValueError(f"NVFP4_KIT_LOG_LEVEL={raw!r}: expected a number or one of {', '.join(_LOG_LEVELS)}")
+    return value
 
 
 def kit_enabled_for_vllm() -> bool:

@@ -35,3 +35,18 @@ def test_only_env_py_reads_the_environment():
     offenders = [p.name for p in root.rglob("*.py") if p.name != "env.py"
                  and re.search(r"os\.environ|os\.getenv", p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("value,expected", [("debug", "DEBUG"), (" Warning ", "WARNING"), ("10", 10), ("", "INFO")])
+def test_log_level_takes_names_and_numbers(monkeypatch, value, expected):
+    monkeypatch.setenv("NVFP4_KIT_LOG_LEVEL", value)
+    assert env.log_level() == expected
+
+
+def test_bad_log_level_names_the_variable_at_import(monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("NVFP4_KIT_LOG_LEVEL", "verbose")
+    run = subprocess.run([sys.executable, "-c", "import nvfp4_kit"], capture_output=True, text=True)
+    assert run.returncode != 0 and "NVFP4_KIT_LOG_LEVEL='verbose'" in run.stderr
