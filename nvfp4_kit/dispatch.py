@@ -186,9 +186,12 @@ def _tables(family: str) -> tuple[TuningTable, TuningTable]:
 
 def resolve_backend(requested: str | Fp4GemmBackend, family: str) -> Fp4GemmBackend:
     """The backend a layer will use on this arch family; ValueError when it cannot run there."""
-    if (requested == "auto" or requested is Fp4GemmBackend.AUTO) and env.gemm_backend() != "auto":
-        requested = env.gemm_backend()  # NVFP4_KIT_GEMM_BACKEND forces one
     backend = Fp4GemmBackend.parse(requested)
+    if backend is Fp4GemmBackend.AUTO:  # NVFP4_KIT_GEMM_BACKEND forces one
+        try:
+            backend = Fp4GemmBackend.parse(env.gemm_backend())
+        except ValueError as exc:
+            raise ValueError(f"NVFP4_KIT_GEMM_BACKEND: {exc}") from None
     support = CAPABILITIES[family]
     if backend is Fp4GemmBackend.AUTO:
         backend = support.gemm[0]

@@ -204,7 +204,12 @@ def test_resolve_backend(monkeypatch):
     with pytest.raises(ValueError, match="valid here: nvfp4_kit, reference"):
         dispatch.resolve_backend("cute-dsl", "sm90")
     monkeypatch.setenv("NVFP4_KIT_GEMM_BACKEND", "reference")
-    assert dispatch.resolve_backend("auto", "sm90") is Fp4GemmBackend.REFERENCE
+    for auto in ("auto", "AUTO", " auto", Fp4GemmBackend.AUTO):  # every spelling parse() accepts
+        assert dispatch.resolve_backend(auto, "sm90") is Fp4GemmBackend.REFERENCE
+    assert dispatch.resolve_backend("nvfp4_kit", "sm90") is Fp4GemmBackend.NVFP4_KIT  # explicit wins
+    monkeypatch.setenv("NVFP4_KIT_GEMM_BACKEND", "warp9")
+    with pytest.raises(ValueError, match="NVFP4_KIT_GEMM_BACKEND"):
+        dispatch.resolve_backend("auto", "sm90")
 
 
 def test_resolve_mode(monkeypatch):
