@@ -88,7 +88,9 @@ def _block_scales(x: torch.Tensor, global_scale: torch.Tensor | float):
     m, k = x.shape
     g = _as_global(global_scale, x.device)
     blocks = x.float().reshape(m, k // BLOCK_SIZE, BLOCK_SIZE)
-    amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=-1)
+    # NaN drops out of the block max (CUDA's fmaxf ignores it) while inf stays inf and saturates the
+    # scale; nan_to_num would also turn inf into FLT_MAX, which a tiny global scale brings below 448.
+    amax = torch.where(blocks.isnan(), 0.0, blocks.abs()).amax(dim=-1)
     # Divide by a tensor, not a Python scalar: on CUDA, torch turns `x / scalar` into
     # `x * (1 / scalar)`, which is not the IEEE division the contract specifies.
     sf_f32 = g * (amax / torch.full_like(amax, E2M1_MAX))

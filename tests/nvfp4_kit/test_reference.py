@@ -72,6 +72,8 @@ def test_inf_saturates_scale_and_value():
     assert sf.float().item() == 448.0  # e4m3 satfinite
     codes = _codes(packed)
     assert codes[0] == 7 and codes[2] == 15 and codes[1] == 0  # 1/448 rounds to 0
+    # a tiny global scale does not bring an inf block's scale below saturation (inf is not FLT_MAX)
+    assert R.quantize(x, 1e-37)[1].float().item() == 448.0
 
 
 def test_saturating_block_scale_and_values():
