@@ -1,4 +1,4 @@
-"""Every environment variable nvfp4_kit reads, in one place.
+"""Every environment variable nvfp4_kit reads (and the one it sets for an engine), in one place.
 
 Each getter reads the environment at call time, so tests can monkeypatch it.
 """
@@ -20,6 +20,7 @@ __all__ = [
     "cute_dsl_arch",
     "flashinfer_numerics_env",
     "source_commit",
+    "disable_sglang_silu_fp4_fusion",
 ]
 
 
@@ -104,3 +105,11 @@ def flashinfer_numerics_env() -> dict[str, str]:
     Comparisons against our reference need them unset; the SM100 path warns when any is set.
     """
     return {k: v for k, v in os.environ.items() if k.startswith("FLASHINFER_NVFP4_4OVER6")}
+
+
+def disable_sglang_silu_fp4_fusion() -> None:
+    """Set SGLang's own kill switch SGLANG_DISABLE_SILU_FP4_QUANT_FUSION=1 in this process. SGLang
+    reads it when it builds a Qwen3.5 dense MLP (after the FP4 backend is decided): otherwise that MLP
+    feeds down_proj a pre-quantized (fp4, scale) tuple with the layer's input_scale_inv, which a kit
+    layer neither has nor accepts."""
+    os.environ["SGLANG_DISABLE_SILU_FP4_QUANT_FUSION"] = "1"

@@ -25,6 +25,8 @@ backend's name, so an explicit ``nvfp4_kit`` must take it over too):
   before any layer or MoE method reads the backend;
 * ``Fp4GemmRunnerBackend.supports_swiglu_fusion`` -> False, so DeepSeek's SM100 fused SwiGLU path (which
   bypasses ``apply`` with its own interleaved weights) is not built for kit layers.
+* and, once selected, SGLang's kill switch SGLANG_DISABLE_SILU_FP4_QUANT_FUSION=1 (env.py), so Qwen3.5's
+  dense MLP (built after the decision) does not feed down_proj a pre-quantized (fp4, scale) tuple.
 MoE layers, compressed-tensors W4A16 NVFP4 and every other quantization keep SGLang's own kernels.
 
 Hooks are installed either directly by `install()` (patched SGLang, when srt.layers.quantization is
@@ -121,6 +123,7 @@ def kit_selected() -> bool:
         fp4_utils.FP4_GEMM_RUNNER_BACKEND = fp4_utils.Fp4GemmRunnerBackend(fallback)
     elif selected:
         log.info("nvfp4_kit serves SGLang's ModelOpt NVFP4 linear layers (%s)", why)
+        env.disable_sglang_silu_fp4_fusion()
     _decision = (selected, why)
     return selected
 
@@ -189,7 +192,8 @@ def _apply_hook(original, method, layer, x, bias=None):
     if _passthrough(original) or pw is None:
         return original(method, layer, x, bias)
     if isinstance(x, tuple):
-        raise ValueError("nvfp4_kit: pre-quantized (fp4, scale) activations are not accepted by kit layers")
+        raise ValueError("nvfp4_kit: pre-quantized (fp4, scale) activations are not accepted by kit layers "
+                         "(a fused SiLU+quantize path is on: set SGLANG_DISABLE_SILU_FP4_QUANT_FUSION=1)")
     if getattr(getattr(method, "quant_config", None), "is_awq", False):
         x = x * layer.pre_quant_scale  # NVFP4_AWQ: per-input-channel pre-scale, as SGLang applies it
     return layer_prep.forward(x, pw, bias)

@@ -285,6 +285,19 @@ def test_fused_swiglu_path_is_off_for_kit_layers(gpu, flashinfer_importable):
     assert not adapter.kit_selected() and cutedsl.supports_swiglu_fusion() is True
 
 
+def test_qwen35_fused_silu_quant_is_off_once_the_kit_is_selected(gpu, monkeypatch):
+    """Qwen3.5's dense MLP would hand down_proj an (fp4, scale) tuple; SGLang's kill switch stops it."""
+    switch = "SGLANG_DISABLE_SILU_FP4_QUANT_FUSION"
+    qwen35 = os.path.join(os.path.dirname(importlib.util.find_spec("sglang").origin), "srt/models/qwen3_5.py")
+    with open(qwen35) as f:  # the pinned SGLang reads the switch when it builds the MLP
+        assert f'os.environ.get("{switch}", "0") == "1"' in f.read()
+    monkeypatch.delenv(switch, raising=False)
+    gpu((12, 0), requested="flashinfer_cutedsl")
+    assert not adapter.kit_selected() and switch not in os.environ
+    gpu((9, 0))
+    assert adapter.kit_selected() and os.environ[switch] == "1"
+
+
 def test_patch_and_plugin_together_compute_once(gpu, monkeypatch):
     """Both install paths active: the outer hook passes through, the kit runs once per call."""
     if not PATCHED:
