@@ -46,14 +46,44 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return f"{where}: {first.get('msg', 'invalid value')}", param
 
 
+def _lone_surrogate(obj: Any) -> str | None:
+    """The path (e.g. "messages[0].content") of the first string in obj, keys included, that is not
+    encodable as UTF-8, or None. Iterative: json.loads accepts nesting deeper than Python recursion."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:  # the key can't be named in the error either
+                    return f"{path or 'body'} (a key)"
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 async def _parse(raw: Request, model: type[BaseModel]) -> Any:
     body = await raw.body()
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON body: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    where = _lone_surrogate(obj)
+    if where is not None:  # JSON's \ud800 escapes decode to strings no tokenizer or response can encode
+        head = where.split(" ")[0]  # "messages[0].content", or "body (a key)"
+        param = None if head == "body" else head.split(".")[0].split("[")[0]
+        raise ApiError(400, f"{where}: holds an unpaired UTF-16 surrogate (not valid Unicode text)", param)
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -115,6 +145,9 @@ def build_app(engine: Any, *, model_names: list[str], max_model_len: int,
         except ApiError as exc:
             counters.count_request(endpoint, exc.status)
             return _error(exc.status, exc.message, exc.param)
+        except Exception:
+            counters.count_request(endpoint, 500)
+            raise  # answered by _unexpected (logged, 500)
         if response is None:  # client disconnected before the answer; nobody reads a body
             counters.count_request(endpoint, 499)
             return Response(status_code=499)

@@ -108,7 +108,21 @@ def _metric(lines: list[str], name: str, kind: str, help_: str,
     lines.append(f"# HELP {_PREFIX}{name} {help_}")
     lines.append(f"# TYPE {_PREFIX}{name} {kind}")
     for labels, value in samples:
-        lines.append(f"{_PREFIX}{name}{_labels(labels)} {float(value):g}")
+        lines.append(f"{_PREFIX}{name}{_labels(labels)} {_value(value)}")
+
+
+def _value(value: Any) -> str:
+    """Exact sample text: counters past 10^6 must not round (":g" keeps 6 digits, hiding increments)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def render_metrics(stats: dict, counters: ServerCounters, model_name: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,17 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
+def _named_parameters(fn: Callable[..., Any] | None) -> frozenset[str]:
+    """The names a call of fn binds as its own arguments (not swallowed by **kwargs)."""
+    if fn is None:
+        return frozenset()
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset({"chat_template"})
+    return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
 class _Choice:
     """Progress of one engine request (one choice of the response)."""
 
@@ -77,6 +89,10 @@ class OpenAIServing:
         # Tokenizing a long prompt takes milliseconds: off the event loop, so it does not stall the
         # other requests' streams; one worker, as the tokenizer copy must stay on one thread.
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # chat_template_kwargs are template variables: apply_chat_template's own arguments are not
+        # (a client's `chat_template` would run its Jinja on the one tokenize thread; others
+        # would change what the call returns).
+        self._template_call_args = _named_parameters(getattr(self.tokenizer, "apply_chat_template", None))
 
     def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -122,19 +138,23 @@ class OpenAIServing:
                 messages.append({"role": m.role, "content": m.text()})
             except ValueError as exc:
                 raise ApiError(400, f"messages[{i}].{exc}", "messages") from None
+        extra = req.chat_template_kwargs or {}
+        reserved = sorted(self._template_call_args.intersection(extra))
+        if reserved:
+            raise ApiError(400, f"chat_template_kwargs.{reserved[0]}: not accepted (an argument of the "
+                                "chat template call, not a template variable)", "chat_template_kwargs")
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
-                **(req.chat_template_kwargs or {}))
+                messages, tokenize=False, add_generation_prompt=req.add_generation_prompt, **extra)
         except Exception as exc:  # no template, or the template rejected the messages
             raise ApiError(400, f"messages: cannot apply the chat template: {exc}", "messages") from None
         # The template already holds any BOS it wants; don't add a second one.
         return self._check_ids(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def sampling_params(self, req: SamplingFields, prompt_len: int,
-                        max_tokens: int | None) -> Any:
+    def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
+                        max_tokens_field: str = "max_tokens") -> Any:
         unsupported = [
-            ("n", req.n != 1), ("logprobs", req.logprobs not in (None, False)),
+            ("n", req.n != 1), ("logprobs", req.wants_logprobs),
             ("top_logprobs", req.top_logprobs not in (None, 0)),
             ("presence_penalty", req.presence_penalty not in (None, 0.0)),
             ("frequency_penalty", req.frequency_penalty not in (None, 0.0)),
@@ -154,13 +174,13 @@ class OpenAIServing:
         if max_tokens is None:
             max_tokens = room
         elif max_tokens < 1:
-            raise ApiError(400, f"max_tokens: must be at least 1, got {max_tokens}", "max_tokens")
+            raise ApiError(400, f"{max_tokens_field}: must be at least 1, got {max_tokens}", max_tokens_field)
         elif max_tokens > room:
             raise ApiError(400, f"This model's maximum context length is {self.max_model_len} "
                                 f"tokens. However, you requested {prompt_len + max_tokens} tokens "
                                 f"({prompt_len} in the prompt, {max_tokens} in the completion). "
                                 "Please reduce the length of the prompt or completion.",
-                           "max_tokens")
+                           max_tokens_field)
         kwargs = {
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "top_k": -1 if req.top_k in (None, 0) else req.top_k,
@@ -304,9 +324,8 @@ class OpenAIServing:
     async def chat(self, req: ChatCompletionRequest, raw: Request):
         model = self.check_model(req.model)
         prompt = await self._off_loop(self.chat_prompt, req)
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None \
-            else req.max_tokens
-        params = self.sampling_params(req, len(prompt), max_tokens)
+        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        params = self.sampling_params(req, len(prompt), getattr(req, field), field)
         choices, sink = await self._submit([prompt], [params])
         rid, created = random_id("chatcmpl"), int(time.time())
         if req.stream:
@@ -332,6 +351,7 @@ class OpenAIServing:
 
     def _stream(self, choices, sink, chunk, rid, created, model, obj, include_usage):
         async def events() -> AsyncIterator[str]:
+            failed = False
             try:
                 async for updates in self._updates(choices, sink):
                     yield "".join(chunk(c, text) for c, text in updates)
@@ -339,11 +359,13 @@ class OpenAIServing:
                     yield _sse({"id": rid, "object": obj, "created": created, "model": model,
                                 "choices": [], "usage": self._usage(choices)})
             except ApiError as exc:  # headers are gone: report in-band, as vLLM does
+                failed = True  # the engine ended it (its siblings are aborted below), not the client
                 yield _sse(error_payload(exc.status, exc.message, exc.param))
             finally:
-                if any(not c.done for c in choices.values()):  # client went away mid-stream
+                if any(not c.done for c in choices.values()):  # client went away, or a choice failed
                     self._abort(choices)
-                    self.counters.client_aborts += 1
+                    if not failed:
+                        self.counters.client_aborts += 1
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",

@@ -73,6 +73,11 @@ class SamplingFields(_Lenient):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def wants_logprobs(self) -> bool:
+        """/v1/completions' logprobs is a count: any number, 0 included, asks for logprobs."""
+        return self.logprobs is not None and self.logprobs is not False
+
 
 class CompletionRequest(SamplingFields):
     # A string, a list of token ids, or a batch of either (one choice per prompt).
@@ -107,6 +112,11 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None  # newer OpenAI name of max_tokens
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Chat's logprobs is a flag (top_logprobs is the count): 0 and false leave it off."""
+        return bool(self.logprobs)
 
 
 class UsageInfo(BaseModel):

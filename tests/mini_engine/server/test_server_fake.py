@@ -116,6 +116,7 @@ def test_chat_uses_template_and_streams(client, default_tokenizer):
     (dict(extra_body={"stop_token_ids": [-1]}), "stop_token_ids"),
     (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # unsupported: refused, not ignored
     (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format"),
+    (dict(logprobs=0), "logprobs"),  # a count on /v1/completions: 0 asks for the sampled token's
 ])
 def test_bad_requests_are_openai_400s(client, kwargs, param):
     args = dict(model=MODEL, prompt="hello", max_tokens=4) | kwargs
@@ -148,6 +149,59 @@ def test_malformed_and_invalid_bodies(server):
     status, raw = http_request(server.base_url, "POST", "/v1/chat/completions",
                                json.dumps({"model": MODEL, "messages": []}))
     assert status == 400 and error_of(raw)["param"] == "messages"
+
+
+def test_bodies_no_tokenizer_can_encode_are_400s_and_counted(server):
+    before = metrics(server.base_url)
+    cases = [  # JSON nested past Python's recursion limit; \ud800 escapes decode to lone surrogates
+        ("/v1/completions", b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", None),
+        ("/v1/completions", b'{"prompt": "hi \\ud800", "max_tokens": 2}', "prompt"),
+        ("/v1/completions", b'{"prompt": "hi", "model": "\\ud800"}', "model"),
+        ("/v1/completions", b'{"prompt": "hi", "\\udc00": 1}', None),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udc00"}]}', "messages"),
+    ]
+    for path, body, param in cases:
+        status, raw = http_request(server.base_url, "POST", path, body)
+        assert status == 400, raw
+        assert error_of(raw)["param"] == param
+    assert "messages[0].content: holds an unpaired UTF-16 surrogate" in error_of(raw)["message"]
+    after = metrics(server.base_url)
+
+    def count(text: str, endpoint: str) -> float:
+        try:
+            return metric_value(text, f'mini_engine:http_requests_total{{model_name="{MODEL}",'
+                                      f'endpoint="{endpoint}",status="400"}}')
+        except KeyError:
+            return 0
+
+    assert count(after, "completions") - count(before, "completions") == 4
+    assert count(after, "chat_completions") - count(before, "chat_completions") == 1
+
+
+def test_chat_template_kwargs_may_not_replace_the_template(client):
+    messages = [{"role": "user", "content": "hi"}]
+    for key in ("chat_template", "tokenize", "conversation"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
+                                           extra_body={"chat_template_kwargs": {key: "{{ 'x' }}"}})
+        err = info.value.body
+        assert err["param"] == "chat_template_kwargs" and f"chat_template_kwargs.{key}" in err["message"]
+    # template variables still pass through
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.usage.completion_tokens == 2
+
+
+def test_chat_errors_name_the_field_the_client_sent(client):
+    messages = [{"role": "user", "content": "hi"}]
+    for field in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=messages, **{field: 0})
+        assert info.value.body["param"] == field and info.value.body["message"].startswith(field)
+    # chat's logprobs is a flag: 0 / false leave it off (top_logprobs is the count)
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
+                                       extra_body={"logprobs": 0})
+    assert r.usage.completion_tokens == 2
 
 
 def test_models_health_metrics(server, client):
@@ -231,6 +285,31 @@ def test_step_failure_fails_requests_but_not_the_server(server, client):
     _wait_idle(server.base_url)
 
 
+def test_step_failure_in_a_streamed_batch_is_not_a_client_abort(server):
+    """An engine failure mid-stream ends the batch's choices in-band; the client never left."""
+    before = metric_value(metrics(server.base_url), "mini_engine:request_client_aborts_total")
+    server.engine.step_delay_s = 0.02
+    try:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        body = json.dumps({"model": MODEL, "prompt": ["a b", "c d"], "max_tokens": 100, "stream": True})
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                          f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+            received = b""
+            while b"data: " not in received:
+                received += sock.recv(4096)
+            server.engine.fail_next_step = True  # both choices are mid-stream now
+            while b"[DONE]" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, received[-500:]
+                received += chunk
+        assert b"injected step failure" in received  # reported in-band, as vLLM does
+    finally:
+        server.engine.step_delay_s = 0.0
+    text = _wait_idle(server.base_url)
+    assert metric_value(text, "mini_engine:request_client_aborts_total") == before
+
+
 def test_overload_answers_503(default_tokenizer):
     engine = FakeEngine(default_tokenizer, max_num_seqs=1, step_delay_s=0.05)
     app = build_app(engine, model_names=[MODEL], max_model_len=256, params_cls=SamplingParams,
@@ -276,3 +355,13 @@ def test_prompts_are_tokenized_off_the_event_loop(default_tokenizer, monkeypatch
         assert c.completions.create(model=MODEL, prompt="hello there", max_tokens=3).choices[0].text
         c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert len(seen) == 2 and all(n.startswith("tokenize") for n in seen), seen
+
+
+def test_metrics_keep_every_digit_of_large_counters():
+    from mini_engine.server.metrics import ServerCounters, render_metrics
+
+    stats = {"generated_tokens_total": 1_234_572, "prompt_tokens_total": 2**53 + 2, "running": 3}
+    text = render_metrics(stats, ServerCounters(), "m")
+    assert 'mini_engine:generation_tokens_total{model_name="m"} 1234572\n' in text  # not 1.23457e+06
+    assert f'mini_engine:prompt_tokens_total{{model_name="m"}} {2**53 + 2}\n' in text
+    assert 'mini_engine:num_requests_running{model_name="m"} 3\n' in text
