@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import env
+from .config import ModelConfig
 from .presets import preset_config, preset_tokenizer
 
 __all__ = ["hf_llama", "random_state_dict", "quantize_state_dict", "calibrate_input_amax",
@@ -40,21 +41,21 @@ _SHARD_BYTES = 4 << 30
 
 
 def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    h, inter, d = cfg["hidden_size"], cfg["intermediate_size"], cfg.get("head_dim") or (
-        cfg["hidden_size"] // cfg["num_attention_heads"])
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    mc = ModelConfig.from_dict(cfg)  # the loader's reading: defaults (e.g. no num_key_value_heads) agree
+    h, inter, d = mc.hidden_size, mc.intermediate_size, mc.head_dim
+    q, kv = mc.num_attention_heads * d, mc.num_key_value_heads * d
     per_layer = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
                  "self_attn.o_proj": (h, q), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
                  "mlp.down_proj": (h, inter)}
-    out = {"model.embed_tokens.weight": (cfg["vocab_size"], h)}
-    for i in range(cfg["num_hidden_layers"]):
+    out = {"model.embed_tokens.weight": (mc.vocab_size, h)}
+    for i in range(mc.num_hidden_layers):
         p = f"model.layers.{i}"
         out[f"{p}.input_layernorm.weight"] = (h,)
         out.update({f"{p}.{name}.weight": shape for name, shape in per_layer.items()})
         out[f"{p}.post_attention_layernorm.weight"] = (h,)
     out["model.norm.weight"] = (h,)
-    if not cfg.get("tie_word_embeddings"):
-        out["lm_head.weight"] = (cfg["vocab_size"], h)
+    if not mc.tie_word_embeddings:
+        out["lm_head.weight"] = (mc.vocab_size, h)
     return out
 
 

@@ -126,6 +126,10 @@ class Linear(nn.Module):
         input_scale = None
         if all(x is not None for x in ins):
             input_scale = torch.stack(ins).max().reshape(1)
+        elif any(x is not None for x in ins):  # a fused layer's shards must agree (W4A4 or not)
+            absent = next(s for s, x in enumerate(ins) if x is None)
+            raise ValueError(f"{self.names[absent]}.input_scale: missing from the checkpoint (the other "
+                             f"shards of this fused layer have one)")
         self.set_prepared(self.w_packed, self.w_scale, weight_scale_2, input_scale)
 
     def set_prepared(self, w_packed, w_scale, weight_scale_2, input_scale) -> None:
@@ -133,10 +137,14 @@ class Linear(nn.Module):
 
         self.input_scale = input_scale  # what W4A4 quantizes activations with (check.py reads it)
         self.weight_scale_2 = weight_scale_2
-        self.pw = ops.prepare_weight(
-            w_packed, w_scale, weight_scale_2, input_scale, backend=self.backend, mode=self.mode,
-            name="+".join(self.names),
-        )
+        name = "+".join(self.names)
+        try:
+            self.pw = ops.prepare_weight(
+                w_packed, w_scale, weight_scale_2, input_scale, backend=self.backend, mode=self.mode,
+                name=name,
+            )
+        except ValueError as exc:  # e.g. W4A4 without an input_scale: say which layer
+            raise ValueError(f"{name}: {exc}") from None
         # The prepared weight holds what the kernels read; drop the load buffers if it copied them.
         self.w_packed = self.w_scale = None
         self.scalars = {}

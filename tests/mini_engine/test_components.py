@@ -118,6 +118,25 @@ def test_from_conversion_copies_the_tokenizer(tiny_dirs, tmp_path):
     assert main(["--from", str(tiny_dirs["nvfp4"]), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
 
 
+def test_from_conversion_of_a_config_without_num_key_value_heads(tiny_dirs, tmp_path):
+    """LLaMA-1-style configs omit num_key_value_heads (= num_attention_heads), as the loader reads it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mini_engine.make_checkpoint import main, random_state_dict
+
+    src = tmp_path / "mha"
+    shutil.copytree(tiny_dirs["bf16"], src)
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["num_key_value_heads"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    save_file(random_state_dict(cfg, 0, torch.device("cpu")), str(src / "model.safetensors"))
+    assert main(["--from", str(src), "--out", str(tmp_path / "conv"), "--device", "cpu"]) == 0
+    k = load_file(str(tmp_path / "conv" / "model.safetensors"))["model.layers.0.self_attn.k_proj.weight"]
+    assert k.shape == (cfg["num_attention_heads"] * cfg["head_dim"], cfg["hidden_size"] // 2)
+
+
 def test_tiny_temperature_samples_the_argmax():
     # logits / 1e-50 would overflow fp32 to inf and NaN the softmax; below 1e-5 we take the argmax
     s = Sampler(torch.device("cpu"), seed=0)

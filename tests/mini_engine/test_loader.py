@@ -45,6 +45,18 @@ def test_bad_checkpoint_names_the_tensor(tiny_dirs, tmp_path, edit, needle):
         LLM(str(bad), max_model_len=64)
 
 
+def test_missing_input_scale_names_the_tensor_or_layer(tiny_dirs, tmp_path):
+    one_shard = _copy_with(tiny_dirs["nvfp4"], tmp_path / "one",
+                           lambda sd: sd.pop("model.layers.0.self_attn.k_proj.input_scale"))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.input_scale: missing"):
+        LLM(str(one_shard), max_model_len=64)
+    whole_layer = _copy_with(tiny_dirs["nvfp4"], tmp_path / "whole",
+                             lambda sd: sd.pop("model.layers.1.self_attn.o_proj.input_scale"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_proj: .*needs input_scale"):
+        LLM(str(whole_layer), max_model_len=64, nvfp4_mode="w4a4")
+    assert _greedy(whole_layer, nvfp4_mode="w4a16") == _greedy(tiny_dirs["nvfp4"], nvfp4_mode="w4a16")
+
+
 def test_fp8_kv_scales_and_extras_are_ignored_with_a_warning(tiny_dirs, tmp_path, caplog):
     def add(sd):
         sd["model.layers.0.self_attn.k_proj.k_scale"] = torch.tensor(1.0)
