@@ -136,13 +136,11 @@ def load_weights(model, path: Path) -> None:
                     loaded.add(name)
                 elif module in linears and suffix in _KINDS:
                     kind, invert = _KINDS[suffix]
-                    if invert:
-                        t = 1.0 / t.float()
                     lin, shard = linears[module]
                     if not lin.quantized and kind != "weight":
                         ignored.append(name)  # e.g. an input_scale on a bf16-excluded layer
                     else:
-                        lin.load(shard, kind, t)
+                        lin.load(shard, kind, t, suffix=suffix, reciprocal=invert)
                 elif name == "lm_head.weight" and model.config.tie_word_embeddings:
                     ignored.append(name)
                 elif not name.endswith(_SILENT):

@@ -68,21 +68,41 @@ def test_fp8_kv_scales_and_extras_are_ignored_with_a_warning(tiny_dirs, tmp_path
     assert toks == _greedy(tiny_dirs["nvfp4"])
 
 
-def test_compressed_tensors_form_loads_the_same_model(tiny_dirs, tmp_path):
-    """llm-compressor names and inverse global scales; same numbers -> same generation."""
+def _compressed_tensors(tiny_dirs, dst, edit=None):
+    """The tiny NVFP4 checkpoint in llm-compressor's form (names, reciprocal global scales)."""
     def convert(sd):
         for name in [n for n in sd if n.endswith(".weight_scale_2")]:
             module = name[: -len(".weight_scale_2")]
             sd[f"{module}.weight_packed"] = sd.pop(f"{module}.weight")
             sd[f"{module}.weight_global_scale"] = (1.0 / sd.pop(name)).reshape(1)
             sd[f"{module}.input_global_scale"] = (1.0 / sd.pop(f"{module}.input_scale")).reshape(1)
-    ct = _copy_with(tiny_dirs["nvfp4"], tmp_path / "ct", convert)
+        if edit is not None:
+            edit(sd)
+    ct = _copy_with(tiny_dirs["nvfp4"], dst, convert)
     (ct / "hf_quant_config.json").unlink()
     cfg = json.loads((ct / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
                                   "ignore": ["lm_head"]}
     (ct / "config.json").write_text(json.dumps(cfg))
-    assert _greedy(ct) == _greedy(tiny_dirs["nvfp4"])
+    return ct
+
+
+def test_compressed_tensors_form_loads_the_same_model(tiny_dirs, tmp_path):
+    """llm-compressor names and inverse global scales; same numbers -> same generation."""
+    assert _greedy(_compressed_tensors(tiny_dirs, tmp_path / "ct")) == _greedy(tiny_dirs["nvfp4"])
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda sd: sd.pop("model.layers.0.self_attn.v_proj.weight_packed"), "v_proj.weight_packed: missing"),
+    (lambda sd: sd.__setitem__("model.layers.0.self_attn.k_proj.weight_global_scale", torch.zeros(1)),
+     "k_proj.weight_global_scale: 0.0 must give a finite scale"),
+    (lambda sd: sd.__setitem__("model.layers.0.self_attn.k_proj.weight_global_scale",
+                               torch.tensor([7], dtype=torch.int32)),
+     "k_proj.weight_global_scale: expected one float32 value, got torch.int32"),
+])
+def test_bad_compressed_tensors_checkpoint_names_its_tensor(tiny_dirs, tmp_path, edit, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        LLM(str(_compressed_tensors(tiny_dirs, tmp_path / "ct", edit)), max_model_len=64)
 
 
 def test_fused_layer_is_exact_when_shard_global_scales_differ():
