@@ -94,6 +94,19 @@ def run(arch: str, shapes: str | None = None, out=sys.stdout) -> dict[str, objec
     return summary
 
 
+# The targets the kit's kernels are built for, by every spelling users write (CuTe DSL wants the
+# "a" variants: wgmma / tcgen05 are arch-specific features).
+_ARCH_ALIASES = {"sm90": "sm_90a", "sm_90": "sm_90a", "sm90a": "sm_90a", "sm_90a": "sm_90a",
+                 "sm100": "sm_100a", "sm_100": "sm_100a", "sm100a": "sm_100a", "sm_100a": "sm_100a"}
+
+
+def _canonical_arch(arch: str) -> str:
+    canonical = _ARCH_ALIASES.get(arch.strip().lower())
+    if canonical is None:
+        raise ValueError(f"{arch!r}: nvfp4_kit's kernels target sm_90a (Hopper) or sm_100a (Blackwell)")
+    return canonical
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nvfp4_kit.precompile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,16 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
+    # the package logger is at INFO by default (NVFP4_KIT_LOG_LEVEL): the cache's events follow -v
+    logging.getLogger("nvfp4_kit.compile_cache").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if args.shapes:
+        from .shapes import parse_shapes
+
+        try:
+            parse_shapes(args.shapes)  # before minutes of compiling, not after
+        except ValueError as exc:
+            parser.error(f"--shapes: {exc}")
     from .kernels import compile_cache
 
     if args.cache_dir:
         compile_cache.set_cache_dir(args.cache_dir)
     try:
         if args.arch:
-            compile_cache.set_target_arch(args.arch)
+            compile_cache.set_target_arch(_canonical_arch(args.arch))
         arch = compile_cache.target_arch()
     except Exception as exc:
-        parser.error(f"cannot set or tell the target arch ({exc}); pass --arch sm_90a")
+        parser.error(f"--arch: {exc}")
     summary = run(arch, args.shapes)
     gemm = summary.get("gemm")
     return 1 if isinstance(gemm, dict) and "error" in gemm else 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .formats import BLOCK_SIZE
+
 __all__ = ["MODEL_SHAPES", "parse_shapes"]
 
 # (N, K) of each linear in one decoder layer, unsharded (TP=1); qkv and gate_up fused.
@@ -27,5 +29,7 @@ def parse_shapes(spec: str) -> dict[str, tuple[int, int]]:
         except ValueError:
             presets = ", ".join(MODEL_SHAPES)
             raise ValueError(f"shapes: {item!r} is neither a preset ({presets}) nor NxK") from None
+        if n < 1 or k < 1 or k % BLOCK_SIZE:
+            raise ValueError(f"shapes: {item!r}: N and K must be positive and K a multiple of {BLOCK_SIZE}")
         shapes[name or f"{n}x{k}"] = (n, k)
     return shapes

@@ -33,6 +33,7 @@ def test_cli_compiles_then_loads_from_disk(tmp_path):
     assert "quantize: 8 kernels" in first.stdout and "(compiled 8, loaded from disk 0)" in first.stdout
     assert "quantize: quantize_quantize:" in first.stdout  # every key is printed
     assert len(list((tmp_path / "kernels").glob("quantize_*.o"))) == 8
+    assert "compile-cache miss" not in first.stderr  # cache events only with -v
     second = _cli(tmp_path, "--shapes", "llama-3.1-8b")
     assert second.returncode == 0, second.stderr[-3000:]
     line = next(ln for ln in second.stdout.splitlines() if ln.startswith("quantize: 8 kernels"))
@@ -80,3 +81,23 @@ def test_gemm_failure_is_reported_not_hidden(monkeypatch):
     summary = precompile.run("sm_90a", None, out=out)
     assert summary["gemm"] == {"error": "RuntimeError: boom"}
     assert "gemm: FAILED" in out.getvalue() and "quantize: 1 kernels in" in out.getvalue()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--arch", "bogus"), "--arch: 'bogus': nvfp4_kit's kernels target sm_90a"),
+    (("--arch", "sm_90a", "--shapes", "llama-8b"), "--shapes: shapes: 'llama-8b' is neither a preset"),
+    (("--arch", "sm_90a", "--shapes", "4096x100"), "K a multiple of 16"),
+    (("--arch", "sm_90a", "--shapes", "0x4096"), "N and K must be positive"),
+])
+def test_cli_rejects_bad_arguments_before_compiling(tmp_path, args, message):
+    res = subprocess.run([sys.executable, "-m", "nvfp4_kit.precompile", "--cache-dir", str(tmp_path), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "kernels").exists() or not any((tmp_path / "kernels").iterdir())
+
+
+def test_arch_spellings():
+    assert {precompile._canonical_arch(a) for a in ("sm90", "SM_90", "sm_90a", " sm90a ")} == {"sm_90a"}
+    assert {precompile._canonical_arch(a) for a in ("sm100", "sm_100", "sm_100a")} == {"sm_100a"}
+    with pytest.raises(ValueError, match="sm_89"):
+        precompile._canonical_arch("sm_89")
