@@ -319,13 +319,26 @@ def merge(args) -> None:
     """Join the records of several bench runs (e.g. shapes run in separate processes) into one
     JSON + PNG (+ tuning table). An input "FILE:LO-HI" contributes only its records with LO <= M <=
     HI. Each record keeps the commit of its run ("run_commit"); "sources" lists the inputs."""
+    if not args.inputs:
+        raise SystemExit("merge: no input files (FILE or FILE:LO-HI ...)")
     records, sources, docs = [], [], []
     for spec in args.inputs:
         path, _, span = spec.partition(":")
-        lo, hi = (int(v) for v in span.split("-")) if span else (0, 1 << 30)
+        try:
+            lo, hi = (int(v) for v in span.split("-")) if span else (0, 1 << 30)
+        except ValueError:
+            raise SystemExit(f"merge: {spec!r}: expected FILE or FILE:LO-HI (an M range)") from None
         doc = json.loads(Path(path).read_text())
+        recs = doc.get("records")
+        if not isinstance(recs, list) or not all(isinstance(r, dict) and {"shape", "backend", "M"} <= r.keys()
+                                                 for r in recs):
+            raise SystemExit(f"merge: {path}: not a bench_gemm result (records need shape, backend, M)")
         docs.append(doc)
-        picked = [dict(r, run_commit=doc["commit"]) for r in doc["records"] if lo <= r["M"] <= hi]
+        # a record merged before keeps the commit that measured it, not that merge's HEAD
+        picked = [dict(r, run_commit=r.get("run_commit", doc["commit"])) for r in doc["records"]
+                  if lo <= r["M"] <= hi]
+        if not picked:
+            raise SystemExit(f"merge: {spec!r}: no records with {lo} <= M <= {hi}")
         records += picked
         sources.append(
             {

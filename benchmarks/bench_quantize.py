@@ -244,7 +244,8 @@ def plot(result: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", help="directory of the JSON (default benchmarks/results); with --plot, of "
+                        "the PNG (default: beside the JSON)")
     parser.add_argument("--quick", action="store_true", help="K in {128, 4096, 5120, 16384}, 7 values of M")
     parser.add_argument("--tune", action="store_true", help="also time every QuantConfig")
     parser.add_argument("--plot", help="only draw the PNG of an existing JSON")
@@ -252,12 +253,17 @@ def main() -> int:
     if args.plot:
         src = Path(args.plot)
         result = json.loads(src.read_text())
-        plot(result, src.with_suffix(".png"))
+        png = src.with_suffix(".png")
+        if args.out:
+            png = Path(args.out) / png.name
+            png.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, png)
+        print(f"wrote {png}")
         print(_table(result))
         return 0
     result = run(args.quick, args.tune)
     gpu = "h100" if "H100" in result["device"] else result["device"].split()[-1].lower()
-    out = Path(args.out) / f"quantize_{gpu}_{result['date']}.json"
+    out = Path(args.out or ROOT / "benchmarks" / "results") / f"quantize_{gpu}_{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(_table(result))

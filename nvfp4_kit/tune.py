@@ -67,6 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--m", default=",".join(str(b) for b in dispatch.M_BUCKETS))
     p.add_argument("--out", type=Path, help="write this table file instead of the user cache")
     args = p.parse_args(argv)
+    try:
+        ms = [int(v) for v in args.m.split(",")]
+    except ValueError:
+        p.error(f"--m: {args.m!r}: expected a comma list of integers")
+    off_bucket = [m for m in ms if m not in dispatch.M_BUCKETS]
+    if off_bucket:  # an entry serves its whole bucket: time it at the bucket's largest M
+        p.error(f"--m: {off_bucket[0]} is not an M bucket ({', '.join(map(str, dispatch.M_BUCKETS))})")
+    try:
+        shapes = parse_shapes(args.shapes)
+    except ValueError as exc:
+        p.error(f"--shapes: {exc}")
     if not torch.cuda.is_available():
         raise SystemExit("nvfp4_kit.tune needs a GPU")
     from . import device
@@ -75,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     if family != "sm90":
         raise SystemExit(f"nvfp4_kit.tune tunes the SM90 kernels; this GPU is {family}")
     table = dispatch.TuningTable(family)
-    for _name, (n, k) in parse_shapes(args.shapes).items():
-        tune_shape(n, k, [int(v) for v in args.m.split(",")], table)
+    for _name, (n, k) in shapes.items():
+        tune_shape(n, k, ms, table)
     path = args.out or dispatch.user_table_path(family)
     table.save(path)
     print(f"wrote {len(table.entries)} entries to {path}")

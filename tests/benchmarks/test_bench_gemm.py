@@ -36,3 +36,35 @@ def test_production_config_falls_back_to_the_heuristic_off_the_table():
 
     n, k, m = 640, 1040, 300  # no committed entry for this layer
     assert bench.production_config(m, n, k) == G.heuristic_config(m, n, k)
+
+
+def _merge(tmp_path, *inputs):
+    import types
+
+    args = types.SimpleNamespace(inputs=list(inputs), out=str(tmp_path), table_out=None, note="test")
+    _bench_module().merge(args)
+    return json.loads(next(tmp_path.glob("gemm_h100_*.json")).read_text())
+
+
+def test_merge_keeps_each_records_run_commit_through_a_second_merge(tmp_path):
+    src = ROOT / "benchmarks" / "results" / "gemm_h100_2026-12-07_flags_ea73c5b.json"  # itself a merge
+    measured = {r["run_commit"] for r in json.loads(src.read_text())["records"]}
+    assert measured == {"ea73c5b"}
+    once = _merge(tmp_path / "a", f"{src}:64-128")
+    assert once["records"] and {r["run_commit"] for r in once["records"]} == measured
+    twice = _merge(tmp_path / "b", str(next((tmp_path / "a").glob("gemm_h100_*.json"))))
+    assert {r["run_commit"] for r in twice["records"]} == measured  # not the first merge's HEAD
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ((), "no input files"),
+    (("{flags}:32",), "expected FILE or FILE:LO-HI"),
+    (("{flags}:1-8",), "no records with 1 <= M <= 8"),
+    (("{quantize}",), "not a bench_gemm result"),
+])
+def test_merge_refuses_what_it_cannot_merge(tmp_path, inputs, message):
+    files = {"flags": ROOT / "benchmarks" / "results" / "gemm_h100_2026-12-07_flags_ea73c5b.json",
+             "quantize": ROOT / "benchmarks" / "results" / "quantize_h100_2026-11-25.json"}
+    with pytest.raises(SystemExit, match=message):
+        _merge(tmp_path, *(i.format(**files) for i in inputs))
+    assert not list(tmp_path.glob("gemm_h100_*"))
