@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         plot_records(doc["records"], png, title=doc.get("device", ""))
         print(format_table(doc["records"]))
         return 0
+    _levels(args.concurrency)  # bad arguments stop here, not after a server has started and warmed up
+    if args.extra_body:
+        try:
+            json.loads(args.extra_body)
+        except ValueError as exc:
+            raise SystemExit(f"--extra-body: not JSON ({exc})") from None
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer

@@ -75,6 +75,19 @@ def test_parse_launch():
         parse_launch("=--model m")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--concurrency", "0"], "levels must be >= 1"),
+    (["--concurrency", "1,x"], "expected comma-separated integers"),
+    (["--extra-body", "{bad"], "--extra-body: not JSON"),
+])
+def test_bad_arguments_stop_before_a_server_starts(tmp_path, monkeypatch, extra, message):
+    started = []
+    monkeypatch.setattr(bench.ServerProcess, "start", lambda self: started.append(self))
+    with pytest.raises(SystemExit, match=message):
+        bench.main(["--launch", "nvfp4", "--out", str(tmp_path / "r.json"), *extra])
+    assert not started
+
+
 def test_short_launch_run_writes_json_csv_png(tmp_path):
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip("built-in model not built yet")
