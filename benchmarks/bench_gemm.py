@@ -503,8 +503,14 @@ def main() -> None:
     p.add_argument("--note", default="", help="merge: why these runs make one result (stored in the JSON)")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in ("check", "bench", "compile", "once", "merge")]
+    if unknown:
+        raise SystemExit(f"unknown mode {unknown[0]!r}")
+    if set(modes) - {"merge"} and not torch.cuda.is_available():
+        raise SystemExit(f"bench_gemm.py {args.modes}: needs a CUDA GPU (merge runs anywhere)")
     ok = True
-    for mode in args.modes.split(","):
+    for mode in modes:
         t = time.time()
         if mode == "check":
             ok &= check(args)
@@ -514,10 +520,8 @@ def main() -> None:
             compile_times(args)
         elif mode == "once":
             once(args)
-        elif mode == "merge":
-            merge(args)
         else:
-            raise SystemExit(f"unknown mode {mode!r}")
+            merge(args)
         print(f"[{mode}] {time.time() - t:.1f} s", flush=True)
     if not ok:
         raise SystemExit("check FAILED")

@@ -261,6 +261,8 @@ def main() -> int:
         print(f"wrote {png}")
         print(_table(result))
         return 0
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_quantize.py: needs a CUDA GPU (--plot runs anywhere)")
     result = run(args.quick, args.tune)
     gpu = "h100" if "H100" in result["device"] else result["device"].split()[-1].lower()
     out = Path(args.out or ROOT / "benchmarks" / "results") / f"quantize_{gpu}_{result['date']}.json"
