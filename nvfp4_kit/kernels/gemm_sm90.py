@@ -66,6 +66,7 @@ LAYOUT = "sm90"
 KERNEL_NAME = "gemm_sm90_w4a16"
 _MAX_N = 1 << 20
 _MAX_K = 1 << 20
+_MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
 
 
 def check_shape(n: int, k: int) -> None:
@@ -284,6 +285,13 @@ def _check_call(x, w, w_scale, alpha, out) -> tuple[int, int, int]:
     return m, n, k
 
 
+def _check_token_tiles(m: int, cfg: GemmConfig) -> None:
+    """The token tiles are grid.y: an explicit narrow config at a huge M would exceed CUDA's limit."""
+    if m > _MAX_GRID_Y * cfg.bn:
+        raise ValueError(f"x: M={m} needs more than {_MAX_GRID_Y} token tiles of config {cfg.name} "
+                         f"(bn={cfg.bn}); use a config with a wider bn")
+
+
 def _check_launchable(x: torch.Tensor) -> None:
     """What the kernel needs beyond the op boundary's checks (nvfp4_kit.validate)."""
     if not x.is_cuda:
@@ -318,6 +326,7 @@ def gemm_w4a16_out(
     if m == 0:
         return
     cfg = config if config is not None else heuristic_config(m, n, k)
+    _check_token_tiles(m, cfg)
     device = x.device
     sms = _sms(device)
     grid, total, _n_tiles = stream_k_grid(m, n, k, cfg, sms)

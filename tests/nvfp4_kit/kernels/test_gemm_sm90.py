@@ -274,6 +274,15 @@ def test_call_guards_name_the_argument():
         G.gemm_w4a16_out(x, w, s, alpha, out)  # CPU tensors: a clear error, not a crash
 
 
+def test_token_tiles_stay_within_cuda_grid_y():
+    narrow = GemmConfig(8, 1, 8, 3)
+    G._check_token_tiles(65535 * 8, narrow)
+    with pytest.raises(ValueError, match=r"x: M=524281 needs more than 65535 token tiles"):
+        G._check_token_tiles(65535 * 8 + 1, narrow)
+    for m in (1, 8192, 1 << 20):  # what the heuristic picks is always launchable
+        G._check_token_tiles(m, G.heuristic_config(m, 4096, 4096))
+
+
 def test_workspace_bytes_bounds_every_m():
     cfg = GemmConfig(8, 1, 8, 3)
     need = G.workspace_bytes(64, 4096, cfg)
