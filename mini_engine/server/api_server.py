@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,27 +47,62 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return f"{where}: {first.get('msg', 'invalid value')}", param
 
 
-def _lone_surrogate(obj: Any) -> str | None:
-    """The path (e.g. "messages[0].content") of the first string in obj, keys included, that is not
-    encodable as UTF-8, or None. Iterative: json.loads accepts nesting deeper than Python recursion."""
-    stack: list[tuple[str, Any]] = [("", obj)]
+# What can decode to an unpaired surrogate: a JSON escape \\uD800-\\uDFFF, or raw UTF-8-style bytes
+# ED A0..BF (json.loads decodes bytes with "surrogatepass"). Bodies without either skip the walk.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate(obj: dict | list) -> tuple[list[str | int], bool] | None:
+    """(path, is_key) of the first string in the container obj, keys included, that is not
+    encodable as UTF-8, or None. Iterative (json.loads accepts nesting deeper than Python
+    recursion); strings are checked where they are met and parent links are kept for containers
+    only, so a path is built just for the string that fails."""
+    parents: list[tuple[int, str | int]] = [(-1, "")]
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+
+    def path(node: int) -> list[str | int]:
+        parts = []
+        while node > 0:
+            node, part = parents[node]
+            parts.append(part)
+        return parts[::-1]
+
     while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return path or "body"
-        elif isinstance(value, dict):
-            for key, item in reversed(value.items()):
-                try:
-                    key.encode("utf-8")
-                except UnicodeEncodeError:  # the key can't be named in the error either
-                    return f"{path or 'body'} (a key)"
-                stack.append((f"{path}.{key}" if path else key, item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+        value, node = stack.pop()
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(key, str) and not _encodable(key):
+                return path(node), True
+            if isinstance(item, str):
+                if not _encodable(item):
+                    return [*path(node), key], False
+            elif isinstance(item, dict | list):
+                parents.append((node, key))
+                stack.append((item, len(parents) - 1))
     return None
+
+
+def _surrogate_error(obj: Any, body: bytes) -> ApiError | None:
+    escaped = b"\\u" in body and _ESCAPED_SURROGATE.search(body)
+    if not (escaped or (b"\xed" in body and _RAW_SURROGATE.search(body))):
+        return None
+    found = _lone_surrogate(obj)
+    if found is None:
+        return None
+    parts, is_key = found
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
+    # a key holding the surrogate can't be named in the message (it would not encode either)
+    what = f"a key of {where}" if is_key else where
+    param = parts[0] if parts and isinstance(parts[0], str) else None
+    return ApiError(400, f"{what}: holds an unpaired UTF-16 surrogate (not valid Unicode text)", param)
 
 
 async def _parse(raw: Request, model: type[BaseModel]) -> Any:
@@ -79,11 +115,9 @@ async def _parse(raw: Request, model: type[BaseModel]) -> Any:
         raise ApiError(400, "malformed JSON body: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    where = _lone_surrogate(obj)
-    if where is not None:  # JSON's \ud800 escapes decode to strings no tokenizer or response can encode
-        head = where.split(" ")[0]  # "messages[0].content", or "body (a key)"
-        param = None if head == "body" else head.split(".")[0].split("[")[0]
-        raise ApiError(400, f"{where}: holds an unpaired UTF-16 surrogate (not valid Unicode text)", param)
+    error = _surrogate_error(obj, body)  # strings no tokenizer or response body can encode
+    if error is not None:
+        raise error
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

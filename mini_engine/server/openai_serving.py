@@ -48,15 +48,21 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
-def _named_parameters(fn: Callable[..., Any] | None) -> frozenset[str]:
-    """The names a call of fn binds as its own arguments (not swallowed by **kwargs)."""
-    if fn is None:
-        return frozenset()
+# apply_chat_template arguments a client may not set through chat_template_kwargs: these two always
+# (a client's Jinja; a tokenized return), whatever the tokenizer's signature says; the rest of its
+# named arguments too, except those that are inputs to the template itself.
+_ALWAYS_RESERVED = frozenset({"chat_template", "tokenize"})
+_TEMPLATE_INPUTS = frozenset({"documents", "continue_final_message", "sanitize_control_tokens"})
+
+
+def _reserved_template_kwargs(fn: Callable[..., Any] | None) -> frozenset[str]:
+    named: set[str] = set()
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(fn).parameters.values() if fn is not None else ()
+        named = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     except (TypeError, ValueError):
-        return frozenset({"chat_template"})
-    return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        pass
+    return frozenset(named - _TEMPLATE_INPUTS) | _ALWAYS_RESERVED
 
 
 class _Choice:
@@ -89,10 +95,10 @@ class OpenAIServing:
         # Tokenizing a long prompt takes milliseconds: off the event loop, so it does not stall the
         # other requests' streams; one worker, as the tokenizer copy must stay on one thread.
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-        # chat_template_kwargs are template variables: apply_chat_template's own arguments are not
-        # (a client's `chat_template` would run its Jinja on the one tokenize thread; others
-        # would change what the call returns).
-        self._template_call_args = _named_parameters(getattr(self.tokenizer, "apply_chat_template", None))
+        # chat_template_kwargs are template variables: a client's `chat_template` would run its Jinja
+        # on the one tokenize thread; other call arguments would change what the call returns.
+        self._reserved_template_kwargs = _reserved_template_kwargs(
+            getattr(self.tokenizer, "apply_chat_template", None))
 
     def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -139,7 +145,7 @@ class OpenAIServing:
             except ValueError as exc:
                 raise ApiError(400, f"messages[{i}].{exc}", "messages") from None
         extra = req.chat_template_kwargs or {}
-        reserved = sorted(self._template_call_args.intersection(extra))
+        reserved = sorted(self._reserved_template_kwargs.intersection(extra))
         if reserved:
             raise ApiError(400, f"chat_template_kwargs.{reserved[0]}: not accepted (an argument of the "
                                 "chat template call, not a template variable)", "chat_template_kwargs")

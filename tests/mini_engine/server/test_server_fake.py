@@ -158,6 +158,7 @@ def test_bodies_no_tokenizer_can_encode_are_400s_and_counted(server):
         ("/v1/completions", b'{"prompt": "hi \\ud800", "max_tokens": 2}', "prompt"),
         ("/v1/completions", b'{"prompt": "hi", "model": "\\ud800"}', "model"),
         ("/v1/completions", b'{"prompt": "hi", "\\udc00": 1}', None),
+        ("/v1/completions", b'{"prompt": "raw \xed\xa0\x80 bytes"}', "prompt"),  # json.loads: surrogatepass
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udc00"}]}', "messages"),
     ]
     for path, body, param in cases:
@@ -174,8 +175,24 @@ def test_bodies_no_tokenizer_can_encode_are_400s_and_counted(server):
         except KeyError:
             return 0
 
-    assert count(after, "completions") - count(before, "completions") == 4
+    assert count(after, "completions") - count(before, "completions") == 5
     assert count(after, "chat_completions") - count(before, "chat_completions") == 1
+
+
+def test_unexpected_errors_are_500s_and_counted(default_tokenizer, monkeypatch):
+    engine = FakeEngine(default_tokenizer, max_model_len=256)
+    app = build_app(engine, model_names=[MODEL], max_model_len=256, params_cls=SamplingParams)
+    from mini_engine.server.openai_serving import OpenAIServing
+
+    def broken(self, req, raw):
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(OpenAIServing, "completions", broken)
+    with ThreadedServer(app) as srv:
+        status, raw = http_request(srv.base_url, "POST", "/v1/completions", json.dumps({"prompt": "x"}))
+        assert status == 500 and "handler bug" in error_of(raw)["message"]
+        assert metric_value(metrics(srv.base_url), f'mini_engine:http_requests_total{{model_name="{MODEL}",'
+                                                   'endpoint="completions",status="500"}') == 1
 
 
 def test_chat_template_kwargs_may_not_replace_the_template(client):
@@ -190,6 +207,17 @@ def test_chat_template_kwargs_may_not_replace_the_template(client):
     r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
                                        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert r.usage.completion_tokens == 2
+
+
+def test_reserved_template_kwargs_hold_even_for_a_wrapper_tokenizer():
+    from mini_engine.server.openai_serving import _reserved_template_kwargs
+
+    def wrapped(conversation, documents=None, **kwargs):  # a signature that hides the real arguments
+        return ""
+
+    reserved = _reserved_template_kwargs(wrapped)
+    assert {"chat_template", "tokenize", "conversation"} <= reserved and "documents" not in reserved
+    assert {"chat_template", "tokenize"} <= _reserved_template_kwargs(None)
 
 
 def test_chat_errors_name_the_field_the_client_sent(client):
