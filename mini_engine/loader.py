@@ -37,6 +37,9 @@ _KINDS = {
     "weight_global_scale": ("weight_scale_2", True), "input_global_scale": ("input_scale", True),
 }
 _SILENT = ("weight_shape", "rotary_emb.inv_freq")
+# our kind -> the file's name, per quantization format (for messages that name the file's tensors)
+_FILE_NAMES = {"compressed-tensors": {"weight": "weight_packed", "weight_scale_2": "weight_global_scale",
+                                      "input_scale": "input_global_scale"}}
 
 
 def resolve_model_path(model: str) -> Path:
@@ -114,12 +117,16 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def load_weights(model, path: Path) -> None:
-    """Streams every tensor of the checkpoint in `path` into `model` (a LlamaForCausalLM)."""
+def load_weights(model, path: Path, fmt: str | None = None) -> None:
+    """Streams every tensor of the checkpoint in `path` into `model` (a LlamaForCausalLM); fmt: its
+    quantization format (QuantConfig.fmt), which names the tensors in error messages."""
     from safetensors import safe_open
     from tqdm import tqdm
 
     linears = model.linear_shards()
+    for lin in model.linears():
+        if lin.quantized and not lin.quantize_on_load:
+            lin.file_names = _FILE_NAMES.get(fmt, {})
     plain = model.plain_params()
     loaded: set[str] = set()
     ignored: list[str] = []
@@ -140,7 +147,7 @@ def load_weights(model, path: Path) -> None:
                     if not lin.quantized and kind != "weight":
                         ignored.append(name)  # e.g. an input_scale on a bf16-excluded layer
                     else:
-                        lin.load(shard, kind, t, suffix=suffix, reciprocal=invert)
+                        lin.load(shard, kind, t, reciprocal=invert)
                 elif name == "lm_head.weight" and model.config.tie_word_embeddings:
                     ignored.append(name)
                 elif not name.endswith(_SILENT):

@@ -69,7 +69,7 @@ class ModelRunner:
                 linear_backend=config.linear_backend, nvfp4_mode=config.nvfp4_mode, quantize_on_load=on_load,
             )
         if from_ckpt:
-            load_weights(self.model, path)
+            load_weights(self.model, path, quant.fmt if quant is not None else None)
         else:
             init_dummy_weights(self.model, config.seed)
         self.model.eval()

@@ -42,7 +42,7 @@ class Linear(nn.Module):
         n, k = self.offsets[-1], in_features
         self.pw = None  # nvfp4_kit PreparedWeight after finalize()
         self._loaded: set[tuple[int, str]] = set()
-        self._suffixes: dict[str, str] = {}  # kind -> the checkpoint's name for it (for messages)
+        self.file_names: dict[str, str] = {}  # kind -> the checkpoint format's name (for messages)
         if quantized:
             self.w_packed = torch.empty(n, k // 2, dtype=torch.uint8, device=device)
             self.w_scale = torch.empty(n, k // 16, dtype=torch.float8_e4m3fn, device=device)
@@ -67,13 +67,9 @@ class Linear(nn.Module):
         if t.dtype not in dtypes:
             raise ValueError(f"{name}: dtype {t.dtype}, expected {' or '.join(map(str, dtypes))}")
 
-    def load(self, shard: int, kind: str, t: torch.Tensor, *, suffix: str | None = None,
-             reciprocal: bool = False) -> None:
-        """suffix: the checkpoint's name for this kind (e.g. compressed-tensors' "weight_packed"), for
-        messages; reciprocal: the file holds 1 / the scale (compressed-tensors' global scales)."""
-        suffix = suffix or kind
-        self._suffixes[kind] = suffix
-        name = f"{self.names[shard]}.{suffix}"
+    def load(self, shard: int, kind: str, t: torch.Tensor, *, reciprocal: bool = False) -> None:
+        """reciprocal: the file holds 1 / the scale (compressed-tensors' global scales)."""
+        name = f"{self.names[shard]}.{self.file_names.get(kind, kind)}"
         lo, hi = self.offsets[shard], self.offsets[shard + 1]
         rows, k = hi - lo, self.in_features
         if (shard, kind) in self._loaded:
@@ -113,7 +109,7 @@ class Linear(nn.Module):
 
     def missing(self) -> list[str]:
         """Checkpoint tensors this layer still needs."""
-        return [f"{self.names[s]}.{self._suffixes.get(kind, kind)}" for s in range(self.num_shards)
+        return [f"{self.names[s]}.{self.file_names.get(kind, kind)}" for s in range(self.num_shards)
                 for kind in self.required_kinds() if (s, kind) not in self._loaded]
 
     def finalize(self) -> None:

@@ -94,6 +94,9 @@ def test_compressed_tensors_form_loads_the_same_model(tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("edit, needle", [
     (lambda sd: sd.pop("model.layers.0.self_attn.v_proj.weight_packed"), "v_proj.weight_packed: missing"),
+    (lambda sd: sd.pop("model.layers.0.self_attn.o_proj.weight_packed"), "o_proj.weight_packed: missing"),
+    (lambda sd: sd.pop("model.layers.1.mlp.down_proj.weight_global_scale"),
+     "down_proj.weight_global_scale: missing"),  # single-shard layers too
     (lambda sd: sd.__setitem__("model.layers.0.self_attn.k_proj.weight_global_scale", torch.zeros(1)),
      "k_proj.weight_global_scale: 0.0 must give a finite scale"),
     (lambda sd: sd.__setitem__("model.layers.0.self_attn.k_proj.weight_global_scale",
