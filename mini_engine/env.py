@@ -37,9 +37,11 @@ def llama3_tokenizer_file() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def log_level() -> str:
-    """MINI_ENGINE_LOG_LEVEL: level of the "mini_engine" logger (default INFO)."""
-    return _get("MINI_ENGINE_LOG_LEVEL", "INFO").upper()
+def log_level() -> int | str:
+    """MINI_ENGINE_LOG_LEVEL: level of the "mini_engine" logger (default INFO): a name or number."""
+    from nvfp4_kit.env import log_level_of
+
+    return log_level_of("MINI_ENGINE_LOG_LEVEL")
 
 
 def progress_bars() -> bool:

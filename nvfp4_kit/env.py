@@ -5,6 +5,7 @@ Each getter reads the environment at call time, so tests can monkeypatch it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ __all__ = [
     "quant_backend",
     "disable_disk_cache",
     "log_level",
+    "log_level_of",
     "kit_enabled_for_vllm",
     "kit_enabled_for_sglang",
     "cute_dsl_arch",
@@ -70,17 +72,21 @@ def disable_disk_cache() -> bool:
     return _flag("NVFP4_KIT_DISABLE_DISK_CACHE")
 
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET")
-
-
 def log_level() -> int | str:
     """NVFP4_KIT_LOG_LEVEL: level of the "nvfp4_kit" logger (default INFO): a level name or number."""
-    value = _get("NVFP4_KIT_LOG_LEVEL", "INFO").strip().upper()
+    return log_level_of("NVFP4_KIT_LOG_LEVEL")
+
+
+def log_level_of(variable: str) -> int | str:
+    """A logging level from `variable` (also mini_engine's MINI_ENGINE_LOG_LEVEL): a name in any
+    case or a number; anything else names the variable instead of failing in logging."""
+    value = _get(variable, "INFO").strip().upper()
     if value.isdigit():
         return int(value)
-    if value not in _LOG_LEVELS:
-        raw = os.environ["NVFP4_KIT_LOG_LEVEL"]
-        raise ValueError(f"NVFP4_KIT_LOG_LEVEL={raw!r}: expected a number or one of {', '.join(_LOG_LEVELS)}")
+    names = logging.getLevelNamesMapping()
+    if value not in names:
+        raw = os.environ[variable]
+        raise ValueError(f"{variable}={raw!r}: expected a number or one of {', '.join(names)}")
     return value
 
 
@@ -107,9 +113,11 @@ def flashinfer_numerics_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("FLASHINFER_NVFP4_4OVER6")}
 
 
-def disable_sglang_silu_fp4_fusion() -> None:
+def disable_sglang_silu_fp4_fusion() -> str | None:
     """Set SGLang's own kill switch SGLANG_DISABLE_SILU_FP4_QUANT_FUSION=1 in this process. SGLang
     reads it when it builds a Qwen3.5 dense MLP (after the FP4 backend is decided): otherwise that MLP
     feeds down_proj a pre-quantized (fp4, scale) tuple with the layer's input_scale_inv, which a kit
-    layer neither has nor accepts."""
+    layer neither has nor accepts. Returns the value it replaced (None: unset), for the caller to log."""
+    previous = os.environ.get("SGLANG_DISABLE_SILU_FP4_QUANT_FUSION")
     os.environ["SGLANG_DISABLE_SILU_FP4_QUANT_FUSION"] = "1"
+    return previous

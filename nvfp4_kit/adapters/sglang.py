@@ -123,7 +123,12 @@ def kit_selected() -> bool:
         fp4_utils.FP4_GEMM_RUNNER_BACKEND = fp4_utils.Fp4GemmRunnerBackend(fallback)
     elif selected:
         log.info("nvfp4_kit serves SGLang's ModelOpt NVFP4 linear layers (%s)", why)
-        env.disable_sglang_silu_fp4_fusion()
+        previous = env.disable_sglang_silu_fp4_fusion()
+        if previous != "1":  # an explicit other value of the user's is overridden: say so louder
+            was = "unset" if previous is None else repr(previous)
+            log.log(logging.WARNING if previous is not None else logging.INFO,
+                    "set SGLANG_DISABLE_SILU_FP4_QUANT_FUSION=1 (was %s): kit layers take bf16 "
+                    "activations, not Qwen3.5's fused SiLU+FP4-quantize output", was)
     _decision = (selected, why)
     return selected
 

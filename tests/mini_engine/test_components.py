@@ -146,3 +146,13 @@ def test_tiny_temperature_samples_the_argmax():
     assert out[:2].tolist() == logits[:2].argmax(-1).tolist()
     with pytest.raises(ValueError, match="top_k=2147483648"):
         SamplingParams(top_k=2**31)
+
+
+def test_log_level_takes_numbers_and_names_the_variable(monkeypatch):
+    from mini_engine import env as engine_env
+
+    monkeypatch.setenv("MINI_ENGINE_LOG_LEVEL", "10")
+    assert engine_env.log_level() == 10
+    monkeypatch.setenv("MINI_ENGINE_LOG_LEVEL", "verbose")
+    with pytest.raises(ValueError, match="MINI_ENGINE_LOG_LEVEL='verbose'"):
+        engine_env.log_level()

@@ -50,3 +50,4 @@ def test_bad_log_level_names_the_variable_at_import(monkeypatch):
     monkeypatch.setenv("NVFP4_KIT_LOG_LEVEL", "verbose")
     run = subprocess.run([sys.executable, "-c", "import nvfp4_kit"], capture_output=True, text=True)
     assert run.returncode != 0 and "NVFP4_KIT_LOG_LEVEL='verbose'" in run.stderr
+

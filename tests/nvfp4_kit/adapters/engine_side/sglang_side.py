@@ -298,6 +298,15 @@ def test_qwen35_fused_silu_quant_is_off_once_the_kit_is_selected(gpu, monkeypatc
     assert adapter.kit_selected() and os.environ[switch] == "1"
 
 
+def test_an_explicit_fusion_switch_is_overridden_with_a_warning(gpu, monkeypatch, caplog):
+    switch = "SGLANG_DISABLE_SILU_FP4_QUANT_FUSION"
+    monkeypatch.setenv(switch, "0")
+    with caplog.at_level("WARNING", logger="nvfp4_kit.adapters.sglang"):
+        gpu((9, 0))
+        assert adapter.kit_selected()
+    assert os.environ[switch] == "1" and f"set {switch}=1 (was '0')" in caplog.text
+
+
 def test_patch_and_plugin_together_compute_once(gpu, monkeypatch):
     """Both install paths active: the outer hook passes through, the kit runs once per call."""
     if not PATCHED:
