@@ -329,7 +329,7 @@ def merge(args) -> None:
         except ValueError:
             raise SystemExit(f"merge: {spec!r}: expected FILE or FILE:LO-HI (an M range)") from None
         doc = json.loads(Path(path).read_text())
-        recs = doc.get("records")
+        recs = doc.get("records") if isinstance(doc, dict) else None
         if not isinstance(recs, list) or not all(isinstance(r, dict) and {"shape", "backend", "M"} <= r.keys()
                                                  for r in recs):
             raise SystemExit(f"merge: {path}: not a bench_gemm result (records need shape, backend, M)")
@@ -503,25 +503,19 @@ def main() -> None:
     p.add_argument("--note", default="", help="merge: why these runs make one result (stored in the JSON)")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
+    # mode -> its function (check returns whether every config matched the reference)
+    runners = {"check": check, "bench": bench, "compile": compile_times, "once": once, "merge": merge}
     modes = args.modes.split(",")
-    unknown = [m for m in modes if m not in ("check", "bench", "compile", "once", "merge")]
+    unknown = [m for m in modes if m not in runners]
     if unknown:
-        raise SystemExit(f"unknown mode {unknown[0]!r}")
+        raise SystemExit(f"unknown mode {unknown[0]!r} (modes: {', '.join(runners)})")
     if set(modes) - {"merge"} and not torch.cuda.is_available():
         raise SystemExit(f"bench_gemm.py {args.modes}: needs a CUDA GPU (merge runs anywhere)")
     ok = True
     for mode in modes:
         t = time.time()
-        if mode == "check":
-            ok &= check(args)
-        elif mode == "bench":
-            bench(args)
-        elif mode == "compile":
-            compile_times(args)
-        elif mode == "once":
-            once(args)
-        else:
-            merge(args)
+        result = runners[mode](args)
+        ok &= result is not False
         print(f"[{mode}] {time.time() - t:.1f} s", flush=True)
     if not ok:
         raise SystemExit("check FAILED")

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tokenizer", default=None,
                    help="draw ids from this tokenizer's vocabulary (needed for text prompts)")
     w.add_argument("--prompt-format", choices=["ids", "text"], default="ids")
-    w.add_argument("--extra-body", default=None, help="JSON merged into every request body")
+    w.add_argument("--extra-body", default=None, type=_json_object,
+                   help="a JSON object merged into every request body")
     w.add_argument("--warmup", type=int, default=1, help="unmeasured requests before the sweep")
     o = ap.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("serving_results.json"),
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot-only", nargs="+", type=Path, default=None, metavar="JSON",
                    help="merge these result files into --out (JSON, CSV, PNG) and exit")
     return ap
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _levels(spec: str) -> list[int]:
@@ -139,8 +150,7 @@ async def sweep(base_url: str, config: str, args: argparse.Namespace, doc: dict[
     """All levels against one server; appends records to doc and rewrites the files after each."""
     url = base_url.rstrip("/") + args.endpoint
     model = args.model or await _first_model(base_url)
-    extra = json.loads(args.extra_body) if args.extra_body else None
-    common = dict(ignore_eos=args.ignore_eos, temperature=args.temperature, extra_body=extra,
+    common = dict(ignore_eos=args.ignore_eos, temperature=args.temperature, extra_body=args.extra_body,
                   request_timeout_s=args.request_timeout, progress=not args.no_progress)
     info: dict[str, Any] = {"config": config, "model": model, "levels_done": []}
     as_text = args.prompt_format == "text"
@@ -216,11 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(doc["records"]))
         return 0
     _levels(args.concurrency)  # bad arguments stop here, not after a server has started and warmed up
-    if args.extra_body:
-        try:
-            json.loads(args.extra_body)
-        except ValueError as exc:
-            raise SystemExit(f"--extra-body: not JSON ({exc})") from None
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer

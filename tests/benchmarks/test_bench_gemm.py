@@ -68,3 +68,10 @@ def test_merge_refuses_what_it_cannot_merge(tmp_path, inputs, message):
     with pytest.raises(SystemExit, match=message):
         _merge(tmp_path, *(i.format(**files) for i in inputs))
     assert not list(tmp_path.glob("gemm_h100_*"))
+
+
+def test_merge_refuses_a_json_that_is_not_an_object(tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a bench_gemm result"):
+        _merge(tmp_path / "out", str(bad))
