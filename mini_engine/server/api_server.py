@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .async_engine import AsyncEngine
 from .metrics import ServerCounters, render_metrics
@@ -179,6 +180,9 @@ def build_app(engine: Any, *, model_names: list[str], max_model_len: int,
         except ApiError as exc:
             counters.count_request(endpoint, exc.status)
             return _error(exc.status, exc.message, exc.param)
+        except ClientDisconnect:  # gone while its body was still arriving: nothing to answer or log
+            counters.count_request(endpoint, 499)
+            return Response(status_code=499)
         except Exception:
             counters.count_request(endpoint, 500)
             raise  # answered by _unexpected (logged, 500)

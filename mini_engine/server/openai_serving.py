@@ -172,6 +172,10 @@ class OpenAIServing:
         for name, bad in unsupported:
             if bad:
                 raise ApiError(400, f"{name}: only the default value is supported", name)
+        outside = [t for t in req.stop_token_ids or () if not 0 <= t < self.vocab_size]
+        if outside:  # could never match: a typo the client should hear about
+            raise ApiError(400, f"stop_token_ids: token id {outside[0]} is outside the vocabulary "
+                                f"[0, {self.vocab_size})", "stop_token_ids")
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ApiError(400, f"This model's maximum context length is {self.max_model_len} "

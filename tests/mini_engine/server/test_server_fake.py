@@ -114,6 +114,7 @@ def test_chat_uses_template_and_streams(client, default_tokenizer):
     (dict(extra_body={"top_k": 2**63}), "top_k"),  # would overflow a tensor inside engine.step()
     (dict(seed=2**64), "seed"),
     (dict(extra_body={"stop_token_ids": [-1]}), "stop_token_ids"),
+    (dict(extra_body={"stop_token_ids": [5, 2**70]}), "stop_token_ids"),  # outside the vocabulary
     (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # unsupported: refused, not ignored
     (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format"),
     (dict(logprobs=0), "logprobs"),  # a count on /v1/completions: 0 asks for the sampled token's
@@ -290,6 +291,25 @@ def test_stream_disconnect_aborts_and_frees_kv(server):
         assert metric_value(text, "mini_engine:request_client_aborts_total") == before + 1
     finally:
         server.engine.step_delay_s = 0.0
+
+
+def test_disconnect_while_the_body_arrives_is_a_499_not_a_500(server):
+    def count(status: int) -> float:
+        try:
+            return metric_value(metrics(server.base_url), f'mini_engine:http_requests_total{{model_name="{MODEL}",'
+                                                          f'endpoint="completions",status="{status}"}}')
+        except KeyError:
+            return 0
+
+    before_499, before_500 = count(499), count(500)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"prompt\": ")  # then hang up mid-body
+    deadline = time.monotonic() + 10
+    while count(499) == before_499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count(499) == before_499 + 1 and count(500) == before_500
 
 
 def test_non_stream_disconnect_aborts(server):
