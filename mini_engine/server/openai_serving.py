@@ -116,11 +116,14 @@ class OpenAIServing:
     def _check_ids(self, ids: list[int]) -> list[int]:
         if not ids:
             raise ApiError(400, "prompt: must not be empty", "prompt")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ApiError(400, f"prompt: token id {bad[0]} is outside the vocabulary "
-                                f"[0, {self.vocab_size})", "prompt")
+        self._check_in_vocab(ids, "prompt")
         return ids
+
+    def _check_in_vocab(self, ids: Any, field: str) -> None:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ApiError(400, f"{field}: token id {bad} is outside the vocabulary "
+                                f"[0, {self.vocab_size})", field)
 
     def completion_prompts(self, prompt: Any) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -172,10 +175,7 @@ class OpenAIServing:
         for name, bad in unsupported:
             if bad:
                 raise ApiError(400, f"{name}: only the default value is supported", name)
-        outside = [t for t in req.stop_token_ids or () if not 0 <= t < self.vocab_size]
-        if outside:  # could never match: a typo the client should hear about
-            raise ApiError(400, f"stop_token_ids: token id {outside[0]} is outside the vocabulary "
-                                f"[0, {self.vocab_size})", "stop_token_ids")
+        self._check_in_vocab(req.stop_token_ids or (), "stop_token_ids")  # else they could never match
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ApiError(400, f"This model's maximum context length is {self.max_model_len} "
